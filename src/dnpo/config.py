@@ -1,0 +1,98 @@
+"""The configuration of a whole `dnpo run`: one section per concern."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dnpo.configbase import ConfigError, Section, option
+from dnpo.data import DataConfig
+from dnpo.evaluation.config import EvalConfig
+from dnpo.generation.config import GenerationConfig
+from dnpo.judges.config import JudgeConfig
+from dnpo.models import DEFAULT_MODEL
+from dnpo.training.config import TrainConfig
+
+METHODS = ("dnpo", "spin", "spin+dsl", "spin+npo")
+BUNDLED_TASK = "bundled:arithmetic"
+
+
+@dataclass
+class ModelConfig(Section):
+    name_or_path: str = option(DEFAULT_MODEL, "starting model: checkpoint dir, hub name or the bundled model")
+    precision: str = option("fp32", "weights dtype for generation and evaluation", ("fp32", "bf16", "fp16"))
+    trust_remote_code: bool = option(False, "allow custom modeling code from the model repository")
+
+
+@dataclass
+class TaskConfig(Section):
+    train_size: int = option(32, "training prompts of the bundled arithmetic task")
+    eval_size: int = option(48, "held-out problems of the bundled task (clean references)")
+    flawed_share: float = option(0.3, "share of training references that are flawed")
+    seed: int = option(0, "seed of the problem generator")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.train_size < 1 or self.eval_size < 1:
+            raise ConfigError("task.train_size and task.eval_size must be >= 1")
+        if not 0 <= self.flawed_share <= 1:
+            raise ConfigError(f"task.flawed_share must be in [0, 1], got {self.flawed_share}")
+
+
+@dataclass
+class LoopConfig(Section):
+    method: str = option(
+        "dnpo",
+        "dnpo (judge labels + noise), spin, spin+dsl (judge labels only), spin+npo (noise only)",
+        METHODS,
+    )
+    iterations: int = option(4, "training rounds; iteration 0 is plain SPIN for every method")
+    name: str = option("default", "run name: the run directory is output_dir/name")
+    output_dir: str = option("runs", "parent folder of run directories")
+    seed: int = option(42, "global seed; the sections' own seeds are derived from it per iteration")
+    eval_max_new_tokens: int = option(128, "max new tokens of greedy held-out answers")
+    report: bool = option(True, "write report.md and plots after every iteration")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.iterations < 1:
+            raise ConfigError(f"loop.iterations must be >= 1, got {self.iterations}")
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"loop.name must be a plain folder name, got {self.name!r}")
+
+    @property
+    def uses_judge(self) -> bool:
+        return self.method in ("dnpo", "spin+dsl")
+
+    @property
+    def uses_noise(self) -> bool:
+        return self.method in ("dnpo", "spin+npo")
+
+
+@dataclass
+class RunConfig(Section):
+    model: ModelConfig = option(ModelConfig, "starting model")
+    data: DataConfig = option(DataConfig, "SFT prompts with human references used for training")
+    eval_data: DataConfig = option(DataConfig, "held-out prompts with gold answers for accuracy")
+    task: TaskConfig = option(TaskConfig, "bundled arithmetic task, used when data.path is bundled:arithmetic")
+    generation: GenerationConfig = option(GenerationConfig, "sampling of the training answers")
+    judge: JudgeConfig = option(JudgeConfig, "judge for dynamic sample labeling")
+    train: TrainConfig = option(TrainConfig, "NPO training")
+    eval: EvalConfig = option(EvalConfig, "per-iteration evaluation")
+    loop: LoopConfig = option(LoopConfig, "iterations and method")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loop.uses_noise and self.train.mode not in ("dnpo", "fixed-noise"):
+            raise ConfigError(
+                f"loop.method={self.loop.method} adds noise, so train.mode must be dnpo or "
+                f"fixed-noise, got {self.train.mode!r}"
+            )
+
+    def train_mode(self, iteration: int) -> str:
+        """Iteration 0 and methods without noise train plain SPIN."""
+        if iteration == 0 or not self.loop.uses_noise:
+            return "spin"
+        return self.train.mode
+
+    def judges(self, iteration: int) -> bool:
+        return iteration > 0 and self.loop.uses_judge

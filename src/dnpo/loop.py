@@ -19,13 +19,16 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dnpo.config import BUNDLED_TASK, RunConfig
 from dnpo.configbase import apply_overrides, read_yaml
-from dnpo.io import read_json
+from dnpo.io import atomic_write_text, read_json
 from dnpo.models import checkpoint_checksum, load_tokenizer, resolve_model_path
 from dnpo.rundir import (
     Manifest,
@@ -44,13 +47,13 @@ def run(config: RunConfig, new_run: bool = False) -> list[dict[str, Any]]:
     """Run or resume every iteration of a run; return the summary rows."""
     run_dir, config = open_run_dir(config, new_run=new_run)
     logger.info("Run directory: %s", run_dir)
-    train_data, eval_data = resolve_data(config, run_dir)
+    train_data, _ = resolve_data(config, run_dir)
     model_path = resolve_model_path(config.model.name_or_path)
     rows: list[dict[str, Any]] = []
     noise_head: Path | None = None
     for iteration in range(config.loop.iterations):
         row, model_path, noise_head = run_iteration(
-            config, run_dir, iteration, model_path, noise_head, train_data, eval_data
+            config, run_dir, iteration, model_path, noise_head, train_data
         )
         rows.append(row)
         table = write_summary(run_dir, rows)
@@ -67,15 +70,13 @@ def run_iteration(
     model_path: str,
     noise_head: Path | None,
     train_data: Any,
-    eval_data: Any,
 ) -> tuple[dict[str, Any], str, Path | None]:
     """Run the five stages of one iteration; return its summary row and M_{k+1}."""
     from dnpo.data import load_sft_examples
-    from dnpo.eval_stage import evaluate_iteration
+    from dnpo.evaluation.cli import evaluate_run_iteration
     from dnpo.generation import generate_to_file, make_generator
     from dnpo.judges import judge_generations, make_judge
     from dnpo.labeling import label_to_files
-    from dnpo.training import train
 
     iter_dir = run_dir / f"iter_{iteration}"
     iter_dir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +129,8 @@ def run_iteration(
         with manifest.stage("train"):
             train_config = config.train.replace(mode=mode, seed=config.train.seed + iteration)
             head_init = noise_head if (config.train.noise_carry_over and mode == "dnpo") else None
-            result = train(pairs, model_path, train_dir, train_config, noise_head_init=head_init)
-            manifest.update(train_result=train_summary(result))
+            result = train_stage(config, pairs, model_path, train_dir, train_config, head_init)
+            manifest.update(train_result=result.summary())
             del result
             gc.collect()
     train_result = manifest.data.get("train_result", {})
@@ -139,7 +140,7 @@ def run_iteration(
     # Evaluate: greedy held-out accuracy of M_{k+1} plus judge and similarity statistics.
     if not manifest.done("evaluate"):
         with manifest.stage("evaluate"):
-            evaluate_iteration(config, run_dir, iteration, next_model, model_path, eval_data)
+            evaluate_run_iteration(run_dir, iteration, config.eval)
 
     manifest.update(wall_seconds=round(time.monotonic() - started, 1), output_model=next_model)
     return summary_row(config, iter_dir, iteration), next_model, next_noise
@@ -165,15 +166,40 @@ def iteration_manifest(config: RunConfig, iteration: int, model_path: str, mode:
     }
 
 
-def train_summary(result: Any) -> dict[str, Any]:
-    """The JSON-safe part of a TrainResult that the summary table needs."""
-    fields = ("checkpoint", "noise_head", "mean_margin", "mean_noise_std", "steps", "pairs", "dropped",
-              "wall_seconds")
-    out = {}
-    for name in fields:
-        value = getattr(result, name, None)
-        out[name] = str(value) if isinstance(value, Path) else value
-    return out
+def train_stage(
+    config: RunConfig,
+    pairs: Path,
+    model_path: str,
+    train_dir: Path,
+    train_config: Any,
+    noise_head_init: Path | None,
+) -> Any:
+    """Train in this process, or under `accelerate launch` when loop.accelerate_config is set."""
+    from dnpo.training import train
+    from dnpo.training.api import load_result
+
+    if not config.loop.accelerate_config:
+        return train(pairs, model_path, train_dir, train_config, noise_head_init=noise_head_init,
+                     trust_remote_code=config.model.trust_remote_code)
+    config_file = train_dir.parent / "train_config.yaml"
+    atomic_write_text(config_file, yaml.safe_dump(train_config.to_dict(), sort_keys=False))
+    command = [
+        "accelerate", "launch", "--config_file", config.loop.accelerate_config,
+        "-m", "dnpo.cli", "train", "--pairs", str(pairs), "--model", model_path,
+        "--output", str(train_dir), "--config", str(config_file),
+    ]
+    if noise_head_init is not None:
+        command += ["--noise-head-init", str(noise_head_init)]
+    if config.model.trust_remote_code:
+        command.append("--trust-remote-code")
+    logger.info("Training with: %s", " ".join(command))
+    completed = subprocess.run(command, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"accelerate launch exited with status {completed.returncode}; its output is above. "
+            "Rerun the same command to resume training from the last checkpoint."
+        )
+    return load_result(train_dir)
 
 
 def summary_row(config: RunConfig, iter_dir: Path, iteration: int) -> dict[str, Any]:

@@ -1,0 +1,117 @@
+import importlib.metadata
+
+import pytest
+
+from dnpo.configbase import ConfigError
+from dnpo.evaluation.config import EvalConfig
+from dnpo.evaluation.lm_eval import (
+    GSM8K_PROMPT,
+    LOCAL_GSM8K_TASK,
+    PAPER_COLUMNS,
+    gsm8k_local_task,
+    plan_tasks,
+    summarize_results,
+)
+
+
+def task_names(plan):
+    return {
+        shots: [t["task"] if isinstance(t, dict) else t for t in tasks]
+        for shots, tasks in plan.by_fewshot.items()
+    }
+
+
+def test_plan_paper_six_columns():
+    plan = plan_tasks(EvalConfig(lm_eval_tasks=["paper"]))
+    assert list(plan.columns) == list(PAPER_COLUMNS)
+    assert task_names(plan) == {
+        25: ["arc_easy", "arc_challenge"],
+        0: ["truthfulqa_mc1", "truthfulqa_mc2"],
+        5: ["winogrande", "gsm8k", "mmlu"],
+        10: ["hellaswag"],
+    }
+
+
+def test_plan_fixed_fewshot_unknown_task():
+    plan = plan_tasks(EvalConfig(lm_eval_tasks=["arc", "piqa"], lm_eval_num_fewshot=3))
+    assert task_names(plan) == {3: ["arc_easy", "arc_challenge", "piqa"]}
+    assert plan.columns["piqa"] == ["piqa"]
+
+
+def test_local_gsm8k_zero_shot_default(tmp_path):
+    config = EvalConfig(lm_eval_tasks=["gsm8k_local"], gsm8k_path=str(tmp_path / "t.jsonl"))
+    plan = plan_tasks(config)
+    (task,) = plan.by_fewshot[0]
+    assert task["task"] == LOCAL_GSM8K_TASK
+    assert task["dataset_kwargs"]["data_files"] == {"test": str(tmp_path / "t.jsonl")}
+    assert "fewshot_split" not in task
+
+
+def test_local_gsm8k_fewshot_needs_a_file():
+    with pytest.raises(ValueError, match="gsm8k_fewshot_path"):
+        gsm8k_local_task("test.jsonl", num_fewshot=5)
+    task = gsm8k_local_task("test.jsonl", "train.jsonl", num_fewshot=5)
+    assert task["fewshot_split"] == "train"
+
+
+def test_local_gsm8k_requires_path():
+    with pytest.raises(ConfigError, match="gsm8k_path"):
+        EvalConfig(lm_eval_tasks=["gsm8k_local"])
+
+
+def test_summarize_paper_average():
+    plan = plan_tasks(EvalConfig(lm_eval_tasks=["paper"]))
+    results = {
+        "arc_easy": {"acc,none": 0.8, "acc_norm,none": 0.7},
+        "arc_challenge": {"acc,none": 0.5, "acc_norm,none": 0.5},
+        "truthfulqa_mc1": {"acc,none": 0.3},
+        "truthfulqa_mc2": {"acc,none": 0.5},
+        "winogrande": {"acc,none": 0.75},
+        "gsm8k": {"exact_match,strict-match": 0.25, "exact_match,flexible-extract": 0.3},
+        "hellaswag": {"acc,none": 0.6, "acc_norm,none": 0.8},
+        "mmlu": {"acc,none": 0.55},
+    }
+    record = summarize_results({"results": results, "n-samples": {}, "configs": {}}, plan)
+    # ARC = (0.7 + 0.5) / 2 from acc_norm; TruthfulQA = (0.3 + 0.5) / 2.
+    assert record["scores"]["ARC"] == pytest.approx(0.6)
+    assert record["scores"]["TruthfulQA"] == pytest.approx(0.4)
+    assert record["scores"]["GSM8K"] == pytest.approx(0.25)
+    assert record["scores"]["HellaSwag"] == pytest.approx(0.8)
+    expected_average = (0.6 + 0.4 + 0.75 + 0.25 + 0.8 + 0.55) / 6
+    assert record["average"] == pytest.approx(expected_average)
+    assert record["average_of"] == list(PAPER_COLUMNS)
+    assert record["tasks"]["gsm8k"]["metric"] == "exact_match,strict-match"
+
+
+def test_summarize_drops_incomplete_column():
+    plan = plan_tasks(EvalConfig(lm_eval_tasks=["arc", "winogrande"]))
+    raw = {"results": {"arc_easy": {"acc_norm,none": 0.9}, "winogrande": {"acc,none": 0.6}}}
+    record = summarize_results(raw, plan)
+    assert "ARC" not in record["scores"]
+    assert record["average"] == pytest.approx(0.6)
+    assert record["average_of"] == ["Winogrande"]
+
+
+def test_local_gsm8k_ten_questions_tiny_model(tmp_path, shared_dir):
+    pytest.importorskip("lm_eval")
+    from dnpo.evaluation.lm_eval import run_lm_eval
+    from dnpo.testing import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    config = EvalConfig(
+        lm_eval_tasks=["gsm8k_local"],
+        gsm8k_path=str(shared_dir / "data" / "gsm8k" / "test.jsonl"),
+        lm_eval_limit=10,
+        lm_eval_batch_size=5,
+        lm_eval_max_gen_toks=16,
+    )
+    record = run_lm_eval(str(model_dir), config, device="cpu")
+    task = record["tasks"][LOCAL_GSM8K_TASK]
+    assert task["samples"] == 10
+    assert task["num_fewshot"] == 0
+    assert task["metric"].startswith("exact_match")
+    assert 0.0 <= record["scores"]["gsm8k_local"] <= 1.0
+    assert record["harness_version"] == importlib.metadata.version("lm_eval")
+    assert record["templates"][LOCAL_GSM8K_TASK]["doc_to_text"] == GSM8K_PROMPT
+    assert record["limit"] == 10
+    assert record["average"] is None  # gsm8k_local is not one of the six paper columns

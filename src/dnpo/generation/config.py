@@ -19,6 +19,9 @@ class GenerationConfig(Section):
     precision: str = option("fp32", "weights dtype for generation", ("fp32", "bf16", "fp16"))
     vllm_gpu_memory_utilization: float = option(0.85, "vLLM share of GPU memory")
     vllm_tensor_parallel_size: int = option(1, "vLLM tensor parallel degree")
+    vllm_chunk_size: int = option(
+        512, "prompts per vLLM engine call; records are written after each"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -30,3 +33,9 @@ class GenerationConfig(Section):
             raise ConfigError(f"generation.top_p must be in (0, 1], got {self.top_p}")
         if self.batch_size < 1:
             raise ConfigError(f"generation.batch_size must be >= 1, got {self.batch_size}")
+        if self.top_k < 0:
+            raise ConfigError(f"generation.top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.vllm_chunk_size < 1:
+            raise ConfigError(
+                f"generation.vllm_chunk_size must be >= 1, got {self.vllm_chunk_size}"
+            )

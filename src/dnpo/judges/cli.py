@@ -1,0 +1,43 @@
+"""`dnpo judge`: score the references and generations of a generations.jsonl file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dnpo.configbase import ConfigError, add_section_arguments, section_from_args
+from dnpo.judges.config import JudgeConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--generations", required=True, help="generations.jsonl from `dnpo generate`"
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="judgments.jsonl to write; a rerun skips ids already judged and "
+        "retries the failed ones",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=64,
+        help="items judged between two writes to the output (default: 64)",
+    )
+    add_section_arguments(parser, JudgeConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    from dnpo.judges import judge_generations, make_judge
+
+    if args.chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    config = section_from_args(JudgeConfig, args)
+    judge = make_judge(config)
+    try:
+        stats = judge_generations(judge, args.generations, args.output, batch_size=args.chunk_size)
+    finally:
+        judge.close()
+    print(json.dumps({"output": args.output, "judge": judge.identity, **stats}, indent=2))
+    return 0

@@ -1,0 +1,158 @@
+"""Judge a generations.jsonl file into judgments.jsonl, resumably.
+
+judgments.jsonl contains one record per prompt id whose reference and generated answer
+both got a score: `{"id", "reference": {"score", "raw", "error"}, "generated": {...},
+"usage": {"reference": {...}, "generated": {...}}}`. Items with a failed side go to
+the sibling file judgments.failed.jsonl instead, so a rerun judges them again. With the
+cache on, the side that succeeded is not sent again. `load_judgments` merges both files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from dnpo.errors import DataError
+from dnpo.io import JsonlWriter, atomic_write_text, read_jsonl
+from dnpo.judges.base import Judge, JudgeResult
+
+logger = logging.getLogger(__name__)
+
+SIDES = ("reference", "generated")
+
+
+def failures_path(output_path: str | Path) -> Path:
+    """judgments.jsonl → judgments.failed.jsonl."""
+    output_path = Path(output_path)
+    return output_path.with_name(f"{output_path.stem}.failed.jsonl")
+
+
+def read_records(path: str | Path, description: str) -> list[dict[str, Any]]:
+    try:
+        return read_jsonl(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DataError(f"{description} {path} is unreadable: {error}") from None
+
+
+def load_judgments(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Return judgment records by id: complete ones, then failed ones for the other ids."""
+    records = {row["id"]: row for row in read_records(path, "judgments file")}
+    for row in read_records(failures_path(path), "judgment failures file"):
+        records.setdefault(row["id"], row)
+    return records
+
+
+def judge_generations(
+    judge: Judge, generations_path: str | Path, output_path: str | Path, batch_size: int = 64
+) -> dict[str, Any]:
+    """Score the reference and the generated answer of every record not yet judged.
+
+    `batch_size` items (2 * batch_size answers) go to the judge per call, and their
+    records are written before the next call. Returns counts for this run.
+    """
+    generations_path, output_path = Path(generations_path), Path(output_path)
+    if not generations_path.is_file():
+        raise FileNotFoundError(
+            f"generations file {generations_path} not found; run `dnpo generate` first"
+        )
+    generations = read_records(generations_path, "generations file")
+    if judge.needs_gold_answer and not any(
+        row.get("gold_answer") is not None for row in generations
+    ):
+        raise DataError(
+            f"{generations_path}: judge {judge.type} needs gold answers and no record has one; "
+            "use a dataset with gold answers or another judge"
+        )
+    started = time.monotonic()
+    stats: Counter[str] = Counter()
+    with JsonlWriter(output_path) as writer:
+        todo, seen = [], set(writer.done)
+        for row in generations:
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                todo.append(row)
+        stats["items"] = len(generations)
+        stats["already_done"] = len(generations) - len(todo)
+        failures = {
+            row["id"]: row
+            for row in read_records(failures_path(output_path), "judgment failures file")
+            if row["id"] not in writer.done
+        }
+        with tqdm(
+            total=len(todo), desc=f"judge ({judge.type})", unit="item", disable=not todo
+        ) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                for row, results in zip(chunk, score_chunk(judge, chunk), strict=True):
+                    record = judgment_record(row["id"], results)
+                    count_results(stats, results)
+                    if all(result.ok for result in results):
+                        writer.write(record)
+                        failures.pop(row["id"], None)
+                    else:
+                        failures[row["id"]] = record
+                write_failures(output_path, failures)
+                bar.update(len(chunk))
+    stats["failed_items"] = len(failures)
+    stats["seconds"] = round(time.monotonic() - started, 2)
+    summary = dict(stats)
+    if failures:
+        logger.warning(
+            "%d of %d items have a failed judge call (listed in %s); rerun to retry them",
+            len(failures),
+            len(generations),
+            failures_path(output_path),
+        )
+    logger.info("Judged %d items with %s: %s", len(todo), judge.identity, summary)
+    return summary
+
+
+def score_chunk(judge: Judge, rows: list[dict[str, Any]]) -> list[tuple[JudgeResult, JudgeResult]]:
+    """Judge the reference and generated answers of `rows` in one call."""
+    prompts = [row["prompt"] for row in rows]
+    responses = [row["reference"] for row in rows] + [row["generated"] for row in rows]
+    golds = [row.get("gold_answer") for row in rows]
+    results = judge.score(prompts + prompts, responses, golds + golds)
+    return list(zip(results[: len(rows)], results[len(rows) :], strict=True))
+
+
+def judgment_record(item_id: str, results: tuple[JudgeResult, JudgeResult]) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": item_id}
+    for side, result in zip(SIDES, results, strict=True):
+        record[side] = result.record()
+    record["usage"] = {side: result.usage() for side, result in zip(SIDES, results, strict=True)}
+    return record
+
+
+def count_results(stats: Counter[str], results: tuple[JudgeResult, JudgeResult]) -> None:
+    for result in results:
+        stats["calls"] += 1
+        stats["cached"] += result.cached
+        stats["retries"] += result.retries
+        stats["prompt_tokens"] += result.prompt_tokens
+        stats["completion_tokens"] += result.completion_tokens
+        if not result.ok:
+            stats["failed_calls"] += 1
+            stats[f"failed_calls/{error_kind(result.error)}"] += 1
+
+
+def error_kind(error: str | None) -> str:
+    """`parse: no score found` → `parse`."""
+    if not error:
+        return "no_score"
+    return error.split(":", 1)[0].strip() or "unknown"
+
+
+def write_failures(output_path: Path, failures: dict[str, dict[str, Any]]) -> None:
+    path = failures_path(output_path)
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in failures.values())
+    atomic_write_text(path, lines)

@@ -1,0 +1,302 @@
+"""Dynamic sample labeling: turn generations and judge scores into chosen/rejected pairs.
+
+Rules, per prompt:
+- Iteration 0 is plain SPIN, and so is any iteration without judgments: the human
+  reference is chosen and the generated answer rejected.
+- Otherwise the answer with the higher score is chosen; a tie keeps the reference.
+- A generated answer equal to the reference (after stripping whitespace) gives no pair.
+- A generated answer that hit the length limit (`finish_reason` `length`) is never
+  chosen, even with the higher score.
+- A prompt whose judge call failed on either side gets the SPIN label
+  (`label_source` `judge_failed`) or is dropped, as `on_judge_failure` says.
+
+`label_to_files` writes pairs.jsonl and labels.json (counts, the generated answers'
+win/tie/loss rates against the references, mean scores and judge usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from dnpo.configbase import ConfigError
+from dnpo.io import atomic_write_json, atomic_write_text
+from dnpo.judges.runner import SIDES, error_kind, load_judgments, read_records
+
+logger = logging.getLogger(__name__)
+
+ON_JUDGE_FAILURE = ("spin", "drop")
+PERCENTILES = (50, 90, 99)
+
+
+def build_pairs(
+    generations: list[dict[str, Any]],
+    judgments: dict[str, dict[str, Any]] | list[dict[str, Any]] | None,
+    iteration: int,
+    on_judge_failure: str = "spin",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Label every generation record; return the pairs and the label statistics."""
+    if on_judge_failure not in ON_JUDGE_FAILURE:
+        raise ConfigError(
+            f"on_judge_failure must be one of {list(ON_JUDGE_FAILURE)}, got {on_judge_failure!r}"
+        )
+    if isinstance(judgments, list):
+        judgments = {row["id"]: row for row in judgments}
+    use_judge = iteration > 0 and judgments is not None
+    counts: Counter[str] = Counter()
+    pairs = []
+    for row in generations:
+        judgment = (judgments or {}).get(row["id"])
+        reference_score, generated_score = scores_of(judgment)
+        count_outcome(counts, reference_score, generated_score)
+        truncated = row.get("finish_reason") == "length"
+        counts["generated_truncated"] += truncated
+        if row["generated"].strip() == row["reference"].strip():
+            counts["skipped/identical_to_reference"] += 1
+            continue
+        if not use_judge:
+            label_source, generated_chosen = "spin", False
+        elif reference_score is None or generated_score is None:
+            counts["judge_failed"] += 1
+            counts["judgment_missing"] += judgment is None
+            if on_judge_failure == "drop":
+                counts["skipped/judge_failed"] += 1
+                continue
+            label_source, generated_chosen = "judge_failed", False
+        else:
+            label_source = "judge"
+            generated_chosen = generated_score > reference_score
+            if generated_chosen and truncated:
+                counts["truncated_not_chosen"] += 1
+                generated_chosen = False
+        pair = make_pair(row, generated_chosen, reference_score, generated_score, label_source)
+        counts[f"label_source/{label_source}"] += 1
+        counts[f"chosen_source/{pair['chosen_source']}"] += 1
+        pairs.append(pair)
+    stats = label_stats(counts, generations, judgments, iteration, on_judge_failure, len(pairs))
+    return pairs, stats
+
+
+def scores_of(judgment: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    if judgment is None:
+        return None, None
+    return tuple(side_score(judgment.get(side)) for side in SIDES)  # type: ignore[return-value]
+
+
+def side_score(result: Any) -> int | None:
+    if not isinstance(result, dict) or result.get("error"):
+        return None
+    score = result.get("score")
+    return score if isinstance(score, int) and not isinstance(score, bool) else None
+
+
+def count_outcome(
+    counts: Counter[str], reference_score: int | None, generated_score: int | None
+) -> None:
+    """Count the generated answer's win, tie or loss against the reference (Figure 1 of DNPO)."""
+    if reference_score is None or generated_score is None:
+        return
+    counts["judged"] += 1
+    counts["reference_score_sum"] += reference_score
+    counts["generated_score_sum"] += generated_score
+    if generated_score > reference_score:
+        counts["generated_wins"] += 1
+    elif generated_score == reference_score:
+        counts["ties"] += 1
+    else:
+        counts["generated_losses"] += 1
+
+
+def make_pair(
+    row: dict[str, Any],
+    generated_chosen: bool,
+    reference_score: int | None,
+    generated_score: int | None,
+    label_source: str,
+) -> dict[str, Any]:
+    reference, generated = row["reference"], row["generated"]
+    return {
+        "id": row["id"],
+        "prompt": row["prompt"],
+        "chosen": generated if generated_chosen else reference,
+        "rejected": reference if generated_chosen else generated,
+        "chosen_source": "generated" if generated_chosen else "reference",
+        "reference_score": reference_score,
+        "generated_score": generated_score,
+        "label_source": label_source,
+    }
+
+
+def label_stats(
+    counts: Counter[str],
+    generations: list[dict[str, Any]],
+    judgments: dict[str, dict[str, Any]] | None,
+    iteration: int,
+    on_judge_failure: str,
+    pairs: int,
+) -> dict[str, Any]:
+    judged = counts["judged"]
+    stats: dict[str, Any] = {
+        "iteration": iteration,
+        "judged_labels": iteration > 0 and judgments is not None,
+        "on_judge_failure": on_judge_failure,
+        "generations": len(generations),
+        "pairs": pairs,
+        "chosen_source": prefixed(counts, "chosen_source/"),
+        "label_source": prefixed(counts, "label_source/"),
+        "skipped": prefixed(counts, "skipped/"),
+        "generated_truncated": counts["generated_truncated"],
+        "truncated_not_chosen": counts["truncated_not_chosen"],
+        "judge_failed": counts["judge_failed"],
+        "judgment_missing": counts["judgment_missing"],
+        "judged": judged,
+        "generated_wins": counts["generated_wins"],
+        "ties": counts["ties"],
+        "generated_losses": counts["generated_losses"],
+        "generated_win_rate": rate(counts["generated_wins"], judged),
+        "tie_rate": rate(counts["ties"], judged),
+        "generated_loss_rate": rate(counts["generated_losses"], judged),
+        "mean_reference_score": rate(counts["reference_score_sum"], judged),
+        "mean_generated_score": rate(counts["generated_score_sum"], judged),
+    }
+    if judgments is not None:
+        ids = {row["id"] for row in generations}
+        stats["judge"] = judge_usage([judgments[i] for i in ids if i in judgments])
+    return stats
+
+
+def judge_usage(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the judge's calls, failures by kind, retries and tokens; add latency percentiles (s)."""
+    totals: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    latencies = []
+    for record in records:
+        for side in SIDES:
+            result = record.get(side) or {}
+            usage = (record.get("usage") or {}).get(side) or {}
+            totals["calls"] += 1
+            if result.get("error") or result.get("score") is None:
+                errors[error_kind(result.get("error"))] += 1
+            totals["cached"] += bool(usage.get("cached"))
+            totals["retries"] += int(usage.get("retries") or 0)
+            totals["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            totals["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            if usage and not usage.get("cached"):
+                latencies.append(float(usage.get("latency_s") or 0.0))
+    return {
+        **{
+            key: totals[key]
+            for key in ("calls", "cached", "retries", "prompt_tokens", "completion_tokens")
+        },
+        "failed_calls": sum(errors.values()),
+        "parse_failures": errors["parse"],
+        "failed_calls_by_kind": dict(sorted(errors.items())),
+        "latency_s": percentiles(latencies),
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """Nearest-rank percentiles p50/p90/p99 and the max; None when there are no values."""
+    ordered = sorted(values)
+    out: dict[str, float | None] = {}
+    for p in PERCENTILES:
+        out[f"p{p}"] = (
+            round(ordered[max(0, -(-p * len(ordered) // 100) - 1)], 4) if ordered else None
+        )
+    out["max"] = round(ordered[-1], 4) if ordered else None
+    return out
+
+
+def prefixed(counts: Counter[str], prefix: str) -> dict[str, int]:
+    return {
+        key[len(prefix) :]: value for key, value in sorted(counts.items()) if key.startswith(prefix)
+    }
+
+
+def rate(numerator: float, denominator: int) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def label_to_files(
+    generations_path: str | Path,
+    judgments_path: str | Path | None,
+    iteration: int,
+    output_dir: str | Path,
+    on_judge_failure: str = "spin",
+) -> dict[str, Any]:
+    """Write output_dir/pairs.jsonl and output_dir/labels.json; return the statistics.
+
+    Without `judgments_path` every pair gets the SPIN label.
+    """
+    generations_path, output_dir = Path(generations_path), Path(output_dir)
+    if not generations_path.is_file():
+        raise FileNotFoundError(
+            f"generations file {generations_path} not found; run `dnpo generate` first"
+        )
+    generations = read_records(generations_path, "generations file")
+    judgments = None
+    if judgments_path is not None:
+        if not Path(judgments_path).is_file():
+            raise FileNotFoundError(
+                f"judgments file {judgments_path} not found; run `dnpo judge` first"
+            )
+        judgments = load_judgments(judgments_path)
+    pairs, stats = build_pairs(generations, judgments, iteration, on_judge_failure)
+    lines = "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
+    atomic_write_text(output_dir / "pairs.jsonl", lines)
+    atomic_write_json(output_dir / "labels.json", stats)
+    if not pairs:
+        logger.warning("No pairs for iteration %d; labels.json lists the skip counts", iteration)
+    if stats["judge_failed"]:
+        logger.warning(
+            "%d prompts had a failed judge call (on_judge_failure=%s)",
+            stats["judge_failed"],
+            on_judge_failure,
+        )
+    logger.info(
+        "Wrote %d pairs to %s (generated win rate %s)",
+        len(pairs),
+        output_dir / "pairs.jsonl",
+        stats["generated_win_rate"],
+    )
+    return stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--generations", required=True, help="generations.jsonl from `dnpo generate`"
+    )
+    parser.add_argument(
+        "--judgments",
+        default=None,
+        help="judgments.jsonl from `dnpo judge`; without it every pair gets the SPIN label",
+    )
+    parser.add_argument(
+        "--iteration",
+        type=int,
+        required=True,
+        help="iteration number; iteration 0 always gets SPIN labels",
+    )
+    parser.add_argument(
+        "--output-dir", required=True, help="folder for pairs.jsonl and labels.json"
+    )
+    parser.add_argument(
+        "--on-judge-failure",
+        default="spin",
+        choices=ON_JUDGE_FAILURE,
+        help="a failed judge call: spin (reference chosen) or drop the pair (default: spin)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.iteration < 0:
+        raise ConfigError(f"--iteration must be >= 0, got {args.iteration}")
+    stats = label_to_files(
+        args.generations, args.judgments, args.iteration, args.output_dir, args.on_judge_failure
+    )
+    print(json.dumps(stats, indent=2))
+    return 0

@@ -32,7 +32,6 @@ from dnpo.io import atomic_write_text, read_json
 from dnpo.models import checkpoint_checksum, load_tokenizer, resolve_model_path
 from dnpo.rundir import (
     Manifest,
-    format_table,
     git_commit,
     open_run_dir,
     package_versions,
@@ -43,8 +42,8 @@ from dnpo.rundir import (
 logger = logging.getLogger(__name__)
 
 
-def run(config: RunConfig, new_run: bool = False) -> list[dict[str, Any]]:
-    """Run or resume every iteration of a run; return the summary rows."""
+def run(config: RunConfig, new_run: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+    """Run or resume every iteration of a run; return the run directory and summary rows."""
     run_dir, config = open_run_dir(config, new_run=new_run)
     logger.info("Run directory: %s", run_dir)
     train_data, _ = resolve_data(config, run_dir)
@@ -60,7 +59,7 @@ def run(config: RunConfig, new_run: bool = False) -> list[dict[str, Any]]:
         print(f"\nAfter iteration {iteration}:\n{table}\n", flush=True)
         if config.loop.report:
             write_report_safely(run_dir)
-    return rows
+    return run_dir, rows
 
 
 def run_iteration(
@@ -271,7 +270,7 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     config = load_run_config(args.config, overrides)
-    rows = run(config, new_run=args.new_run)
-    print(format_table(rows))
+    run_dir, rows = run(config, new_run=args.new_run)
+    print(f"Finished {len(rows)} iterations; summary in {run_dir / 'summary.md'}")
     return 0
 

@@ -154,6 +154,6 @@ def write_task(
     held_out = [r for r in make_rows(eval_size * 2, seed, 0.0, "eval") if r["question"] not in train_questions]
     held_out = held_out[:eval_size]
     paths = folder / "train.jsonl", folder / "eval.jsonl"
-    for path, rows in zip(paths, (train, held_out)):
+    for path, rows in zip(paths, (train, held_out), strict=True):
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return paths

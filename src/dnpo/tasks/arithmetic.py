@@ -155,5 +155,8 @@ def write_task(
     held_out = held_out[:eval_size]
     paths = folder / "train.jsonl", folder / "eval.jsonl"
     for path, rows in zip(paths, (train, held_out), strict=True):
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        # A resumed run finds identical files; leaving them untouched keeps their timestamps.
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
     return paths

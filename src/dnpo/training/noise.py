@@ -1,0 +1,296 @@
+"""The trainable noise head and the noisy reference log-probs of rejected answers.
+
+For each completion token t of a rejected answer, with h_t the frozen reference's
+last hidden state and z_t its logits (size V):
+
+    log_std_t = W h_t + b                         (Eq. 6, the noise head)
+    z'_t      = z_t + exp(log_std_t) * eps_t      eps_t ~ N(0, I_V)
+    noisy token log-prob = log_softmax(z'_t)[y_t] (Eq. 7)
+
+log_std is clamped at 0.5 * ln(eps_max), so sigma^2 <= eps_max. Entries above the cap
+get no gradient through the clamp. The head runs in fp32, also under autocast.
+
+Memory: the noise, the noisy logits and their softmax are (positions, V) tensors. They
+are built for `chunk_size` positions at a time, and backward recomputes a chunk from
+its inputs (hidden states, reference logits, labels) instead of storing it, as
+activation checkpointing does. The recomputation draws the same eps because each
+chunk's draw comes from a generator seeded by (call seed, first position, draw
+number), never from the global RNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+NOISE_HEAD_FILE = "noise_head.safetensors"
+
+
+class NoiseHead(nn.Linear):
+    """Linear(d, V) mapping a reference hidden state to the log-std of logit noise.
+
+    Initialised with W = 0 and b = ln(init_std): every position and token starts with
+    noise std `init_std`, so with a small value training starts close to SPIN, and
+    the head learns from there which tokens to perturb.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, init_std: float = 0.1) -> None:
+        if init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        self.init_std = init_std
+        super().__init__(hidden_size, vocab_size, bias=True)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.constant_(self.bias, math.log(self.init_std))
+
+
+def save_noise_head(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a noise head's `weight` (V, d) and `bias` (V,) to a safetensors file."""
+    path = Path(path)
+    tensors = {key: state_dict[key].detach().to("cpu").contiguous() for key in ("weight", "bias")}
+    vocab_size, hidden_size = tensors["weight"].shape
+    metadata = {"format": "pt", "hidden_size": str(hidden_size), "vocab_size": str(vocab_size)}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def load_noise_head_state(path: str | Path, hidden_size: int, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Read a noise head file and check that its shape fits the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"noise head file not found: {path}")
+    state = load_file(str(path))
+    if set(state) != {"weight", "bias"}:
+        raise ValueError(f"{path} is not a noise head file: tensors {sorted(state)}, expected weight and bias")
+    if tuple(state["weight"].shape) != (vocab_size, hidden_size):
+        raise ValueError(
+            f"noise head {path} has shape {tuple(state['weight'].shape)}, but the model needs "
+            f"({vocab_size}, {hidden_size}); start without it or use the head of the same model family"
+        )
+    return state
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return log_softmax(logits)[label] in fp32: logits (n, V), labels (n,) -> (n,)."""
+    logits = logits.float()
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+class NoiseSource(Protocol):
+    """Standard normal noise for positions [start, start + count) of one draw (1 or 2).
+
+    Must return equal values for equal arguments, because backward draws again to
+    recompute a chunk, and a new tensor each call, because callers overwrite it.
+    """
+
+    def __call__(
+        self, start: int, count: int, draw: int, vocab_size: int, device: torch.device
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class SeededNoise:
+    """Noise from a generator seeded by (seed, chunk start, draw); a fresh seed per step.
+
+    The values depend on the chunk boundaries, so two chunk sizes give two different
+    (equally valid) samples. `GivenNoise` fixes eps across chunk sizes.
+    """
+
+    seed: int
+
+    def __call__(
+        self, start: int, count: int, draw: int, vocab_size: int, device: torch.device
+    ) -> torch.Tensor:
+        key = f"{self.seed}:{start}:{draw}".encode()
+        chunk_seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        generator = torch.Generator(device=device)
+        generator.manual_seed(chunk_seed)
+        return torch.randn(
+            (count, vocab_size), generator=generator, device=device, dtype=torch.float32
+        )
+
+
+@dataclass
+class GivenNoise:
+    """Noise sliced from explicit (n, V) tensors eps1 and eps2, for tests and replays."""
+
+    eps1: torch.Tensor
+    eps2: torch.Tensor
+
+    def __call__(
+        self, start: int, count: int, draw: int, vocab_size: int, device: torch.device
+    ) -> torch.Tensor:
+        eps = self.eps1 if draw == 1 else self.eps2
+        # A copy, because the noisy log-prob computation overwrites the noise in place.
+        return eps[start : start + count].to(device=device, dtype=torch.float32, copy=True)
+
+
+@dataclass
+class NoisyLogps:
+    """Noisy reference log-probs of rejected completion tokens, shape (n,), and noise stats."""
+
+    model_token_logps: torch.Tensor  # eps1, sigma frozen, detached
+    noise_token_logps: torch.Tensor | None  # eps2, gradient reaches the head; None without a head
+    variance_mean: torch.Tensor | None  # () mean sigma^2 over positions and vocabulary
+    std_mean: torch.Tensor  # () detached
+    std_max: torch.Tensor  # () detached
+
+
+def gathered_parameters(*params: torch.Tensor) -> Any:
+    """Return a context that gathers DeepSpeed ZeRO-3 partitioned parameters, else a no-op.
+
+    The noise head's weight is read directly, not through the module's forward, so the
+    ZeRO-3 hooks that normally gather it do not run.
+    """
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """Return a sharded FSDP2 DTensor as a plain full tensor, other tensors unchanged."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _log_std(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Return W h + b in fp32: hidden (n, d) -> (n, V)."""
+    return torch.addmm(bias.float(), hidden.float(), weight.float().t())
+
+
+def _noisy_logps_(eps: torch.Tensor, std: torch.Tensor | float, logits: torch.Tensor,
+                  labels: torch.Tensor) -> torch.Tensor:
+    """Return log_softmax(logits + std * eps)[label], overwriting `eps`: all (n, V) -> (n,)."""
+    if torch.is_tensor(std):
+        noisy = torch.addcmul(logits, eps, std, out=eps)
+    else:
+        noisy = eps.mul_(std).add_(logits)
+    return token_logps(noisy, labels)
+
+
+class _NoisyChunk(torch.autograd.Function):
+    """Both noise draws of one chunk, with a backward that recomputes instead of storing.
+
+    forward returns the noise term's token log-probs (draw 2, differentiable in W and b),
+    the sum of sigma^2, and, without gradient, the model term's token log-probs (draw 1)
+    and sigma's sum and max. backward recomputes sigma and the draw-2 softmax from the
+    chunk's inputs, so nothing of shape (n, V) is kept between forward and backward.
+    Buffers are updated in place, which avoids one fresh (n, V) allocation per operation.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                weight: torch.Tensor, bias: torch.Tensor, log_std_max: float, noise: NoiseSource,
+                start: int) -> tuple[torch.Tensor, ...]:
+        count, vocab_size = logits.shape
+        with torch.autocast(logits.device.type, enabled=False), gathered_parameters(weight, bias):
+            std = _log_std(hidden, _full(weight), _full(bias)).clamp_(max=log_std_max).exp_()
+        # Saved as given: an fp32 copy of bf16 logits would stay alive until backward.
+        ctx.save_for_backward(hidden, logits, labels, weight, bias)
+        logits = logits.float()
+        variance_sum = torch.linalg.vector_norm(std).square()
+        eps = noise(start, count, 1, vocab_size, logits.device)
+        model_logps = _noisy_logps_(eps, std, logits, labels)
+        eps = noise(start, count, 2, vocab_size, logits.device)
+        noise_logps = _noisy_logps_(eps, std, logits, labels)
+        std_sum, std_max = std.sum(), std.max()
+
+        ctx.log_std_max, ctx.noise, ctx.start = log_std_max, noise, start
+        ctx.mark_non_differentiable(model_logps, std_sum, std_max)
+        return noise_logps, variance_sum, model_logps, std_sum, std_max
+
+    @staticmethod
+    def backward(ctx: Any, grad_logps: torch.Tensor, grad_variance: torch.Tensor,
+                 *unused: Any) -> tuple[torch.Tensor | None, ...]:
+        hidden, logits, labels, weight, bias = ctx.saved_tensors
+        count, vocab_size = logits.shape
+        with torch.autocast(logits.device.type, enabled=False), gathered_parameters(weight, bias):
+            std = _log_std(hidden, _full(weight), _full(bias))
+            # clamp passes the gradient where the input is at or below the cap.
+            below_cap = std <= ctx.log_std_max
+            std.clamp_(max=ctx.log_std_max).exp_()
+            eps = ctx.noise(ctx.start, count, 2, vocab_size, logits.device)
+
+            # d logp / d z' = onehot(label) - softmax(z'), with z' = z + sigma * eps.
+            noisy = torch.addcmul(logits.float(), std, eps)
+            grad = noisy.sub_(torch.logsumexp(noisy, dim=-1, keepdim=True)).exp_()
+            grad.mul_(-grad_logps.float().unsqueeze(-1))
+            rows = torch.arange(count, device=grad.device)
+            grad[rows, labels] += grad_logps.float()
+            # d/d sigma: eps * dL/dz' + 2 sigma dL/d(sum sigma^2); then d sigma / d log_std = sigma.
+            grad.mul_(eps).addcmul_(std, 2 * grad_variance.float())
+            grad.mul_(std).mul_(below_cap)
+
+            grad_weight = grad.t().mm(hidden.float()).to(weight.dtype)
+            grad_bias = grad.sum(0).to(bias.dtype)
+        return None, None, None, grad_weight, grad_bias, None, None, None
+
+
+def noisy_rejected_logps(
+    ref_hidden: torch.Tensor,
+    ref_logits: torch.Tensor,
+    labels: torch.Tensor,
+    noise: NoiseSource,
+    chunk_size: int,
+    noise_head: NoiseHead | None = None,
+    log_std_max: float = 0.0,
+    fixed_std: float | None = None,
+) -> NoisyLogps:
+    """Compute noisy reference log-probs of rejected completion tokens, chunk by chunk.
+
+    ref_hidden (n, d) and ref_logits (n, V) are the frozen reference's last hidden
+    states and logits at the positions that predict `labels` (n,). With `noise_head`,
+    draw 1 (model term, sigma detached) and draw 2 (noise term, differentiable in the
+    head) are both computed. Without it, `fixed_std` sets sigma and only draw 1 exists.
+    """
+    if (noise_head is None) == (fixed_std is None):
+        raise ValueError("pass exactly one of noise_head and fixed_std")
+    count, vocab_size = ref_logits.shape
+    model_parts, noise_parts = [], []
+    variance_sum = ref_logits.new_zeros((), dtype=torch.float32)
+    std_sum = ref_logits.new_zeros((), dtype=torch.float32)
+    std_max = ref_logits.new_zeros((), dtype=torch.float32)
+
+    for start in range(0, count, chunk_size):
+        stop = min(start + chunk_size, count)
+        hidden, logits, chunk_labels = ref_hidden[start:stop], ref_logits[start:stop], labels[start:stop]
+        if noise_head is None:
+            with torch.no_grad():
+                eps = noise(start, stop - start, 1, vocab_size, logits.device)
+                model_parts.append(_noisy_logps_(eps, fixed_std, logits.float(), chunk_labels))
+            continue
+
+        noisy, chunk_variance, model_logps, chunk_std_sum, chunk_std_max = _NoisyChunk.apply(
+            hidden, logits, chunk_labels, noise_head.weight, noise_head.bias, log_std_max, noise, start
+        )
+        noise_parts.append(noisy)
+        model_parts.append(model_logps)
+        variance_sum = variance_sum + chunk_variance
+        std_sum += chunk_std_sum
+        std_max = torch.maximum(std_max, chunk_std_max)
+
+    model_token_logps = torch.cat(model_parts) if model_parts else ref_logits.new_zeros(0)
+    if noise_head is None:
+        std = torch.tensor(fixed_std, dtype=torch.float32, device=ref_logits.device)
+        return NoisyLogps(model_token_logps, None, None, std, std)
+    elements = max(count * vocab_size, 1)
+    return NoisyLogps(
+        model_token_logps=model_token_logps,
+        noise_token_logps=torch.cat(noise_parts) if noise_parts else ref_logits.new_zeros(0),
+        variance_mean=variance_sum / elements,
+        std_mean=std_sum / elements,
+        std_max=std_max,
+    )

@@ -28,4 +28,7 @@ lint: install
 	$(BIN)/ruff check src tests bench
 
 bench: install
-	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/train_step.py --append docs/benchmarks.md
+	$(BIN)/python bench/noise_head.py --threads 1 --append docs/benchmarks.md
+	$(BIN)/python bench/generation.py --threads 1 --append docs/benchmarks.md
+	$(BIN)/python bench/judge.py --append docs/benchmarks.md

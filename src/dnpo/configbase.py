@@ -216,7 +216,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        reason = yaml_error_line(error)
+        raise ConfigError(f"config file {path} is not valid YAML: {reason}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     if data is None:
@@ -224,6 +225,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
+
+
+def yaml_error_line(error: yaml.YAMLError) -> str:
+    """Describe a YAML syntax error in one line: the problem and its line and column."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}; fix the syntax there"
+    return " ".join(str(error).split())
 
 
 def load_config(
@@ -245,7 +255,9 @@ def add_section_arguments(parser: argparse.ArgumentParser, cls: type[Section]) -
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
-        parser.add_argument(flag, dest=f.name, default=None, metavar=_metavar(tp), help=help_text)
+        choices = f.metadata.get("choices")
+        metavar = "{" + ",".join(map(str, choices)) + "}" if choices else _metavar(tp)
+        parser.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=help_text)
 
 
 def _metavar(tp: Any) -> str:

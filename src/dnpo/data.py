@@ -51,6 +51,7 @@ FIELD_NAMES = (
 # Read when the id field is absent: UltraChat-200k names its id `prompt_id`.
 FALLBACK_ID_FIELDS = ("prompt_id",)
 MAX_LOGGED_BAD_LINES = 10
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
 
 Row = dict[str, Any]
@@ -159,6 +160,11 @@ def iter_rows(config: DataConfig, skips: Counter[str]) -> Iterator[tuple[tuple[s
     0-based index) otherwise; it is stored in the example's metadata.
     """
     path = Path(config.path)
+    if missing_local_file(config.path):
+        raise DataError(
+            f"data file {config.path} not found; pass an existing JSONL/JSON/Parquet file, "
+            "a dataset folder or a hub dataset name"
+        )
     if not path.is_file():
         rows = load_hub_rows(config)
     elif path.suffix.lower() == ".jsonl":
@@ -175,6 +181,12 @@ def iter_rows(config: DataConfig, skips: Counter[str]) -> Iterator[tuple[tuple[s
         )
     for index, row in enumerate(rows):
         yield ("row_index", index), row
+
+
+def missing_local_file(path: str) -> bool:
+    """Return whether `path` names a local file (by suffix or path form) that does not exist."""
+    local = Path(path).suffix.lower() in LOCAL_SUFFIXES or path.startswith(("/", "./", "../", "~"))
+    return local and not Path(path).expanduser().exists()
 
 
 def iter_jsonl_rows(path: Path, skips: Counter[str]) -> Iterator[tuple[int, Any]]:
@@ -233,6 +245,11 @@ def load_hub_rows(config: DataConfig) -> Iterator[Row]:
         ) from None
     except ValueError as error:
         raise DataError(f"dataset {config.path!r} (split {config.split!r}): {error}") from None
+    except ConnectionError:
+        raise DataError(
+            f"dataset {config.path!r} not found: no such local file or folder, and the hub "
+            "cannot be reached; check data.path, or download the dataset once while online"
+        ) from None
     return iter(dataset)
 
 
@@ -271,13 +288,26 @@ def parse_row(row: Any, fmt: str, config: DataConfig) -> Example:
     used |= set(FALLBACK_ID_FIELDS)
     metadata = {key: value for key, value in row.items() if key not in used}
     metadata["format"] = fmt
-    return {
+    example = {
         "id": row_id(row, prompt, config),
         "prompt": prompt,
         "reference": reference,
         "gold_answer": gold_answer,
         "metadata": metadata,
     }
+    check_encodable(example)
+    return example
+
+
+def check_encodable(example: Example) -> None:
+    """Raise SkipRow for text that UTF-8 cannot encode, such as a lone surrogate from `\\ud800`.
+
+    Tokenizers reject such text, and the generations file could not store it.
+    """
+    try:
+        json.dumps(example, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SkipRow("invalid_unicode") from None
 
 
 def parse_messages(row: Row, config: DataConfig) -> tuple[list, str, None, list[str]]:

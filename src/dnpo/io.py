@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,22 +18,53 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# Test hook for crash tests: `SUFFIX:N` or `SUFFIX:N:before` makes the process SIGKILL
+# itself at its N-th write to a file whose path ends with SUFFIX. By default it dies
+# after the write. With `before` it dies with the write half done, so a JSONL line is
+# half written, or an atomic write's temporary file exists but is not yet renamed.
+KILL_AT_ENV = "DNPO_TEST_KILL_AT"
+_kill_writes = 0
+
+
+def _kill_mode(path: Path) -> str | None:
+    """Count a write to `path` against $DNPO_TEST_KILL_AT; return `after`/`before` at the N-th."""
+    spec = os.environ.get(KILL_AT_ENV)
+    if not spec:
+        return None
+    suffix, count, *mode = spec.split(":")
+    if not str(path).endswith(suffix):
+        return None
+    global _kill_writes
+    _kill_writes += 1
+    if _kill_writes != int(count):
+        return None
+    return mode[0] if mode else "after"
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    kill = _kill_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        if kill == "before":
+            _kill_self()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if kill == "after":
+        _kill_self()
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
@@ -110,10 +142,15 @@ class JsonlWriter:
         record_id = record.get(self.key)
         if record_id in self.done:
             return False
-        line = json.dumps(record, ensure_ascii=False, default=str)
-        self._handle.write(line + "\n")
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        kill = _kill_mode(self.path)
+        if kill == "before":
+            line = line[: len(line) // 2]
+        self._handle.write(line)
         self._handle.flush()
         os.fsync(self._handle.fileno())
+        if kill:
+            _kill_self()
         self.done.add(record_id)
         return True
 

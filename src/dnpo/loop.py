@@ -27,9 +27,14 @@ from typing import Any
 import yaml
 
 from dnpo.config import BUNDLED_TASK, RunConfig
-from dnpo.configbase import apply_overrides, read_yaml
+from dnpo.configbase import ConfigError, apply_overrides, read_yaml
 from dnpo.io import atomic_write_text, read_json
-from dnpo.models import checkpoint_checksum, load_tokenizer, resolve_model_path
+from dnpo.models import (
+    checkpoint_checksum,
+    load_tokenizer,
+    require_safetensors,
+    resolve_model_path,
+)
 from dnpo.rundir import (
     Manifest,
     git_commit,
@@ -44,10 +49,10 @@ logger = logging.getLogger(__name__)
 
 def run(config: RunConfig, new_run: bool = False) -> tuple[Path, list[dict[str, Any]]]:
     """Run or resume every iteration of a run; return the run directory and summary rows."""
+    model_path = check_inputs(config)
     run_dir, config = open_run_dir(config, new_run=new_run)
     logger.info("Run directory: %s", run_dir)
     train_data, _ = resolve_data(config, run_dir)
-    model_path = resolve_model_path(config.model.name_or_path)
     rows: list[dict[str, Any]] = []
     noise_head: Path | None = None
     for iteration in range(config.loop.iterations):
@@ -60,6 +65,27 @@ def run(config: RunConfig, new_run: bool = False) -> tuple[Path, list[dict[str, 
         if config.loop.report:
             write_report_safely(run_dir)
     return run_dir, rows
+
+
+def check_inputs(config: RunConfig) -> str:
+    """Check the model and data sources before the run directory is touched; return the model path.
+
+    A mistake found here leaves an existing run's files as they are.
+    """
+    from dnpo.data import missing_local_file
+
+    for name, data in (("data", config.data), ("eval_data", config.eval_data)):
+        if not data.path:
+            raise ConfigError(
+                f"{name}.path is empty; set it to a JSONL/JSON/Parquet file, a dataset folder, "
+                f"a hub dataset name or {BUNDLED_TASK}"
+            )
+        if missing_local_file(data.path):
+            raise ConfigError(f"{name}.path {data.path} not found; pass an existing file")
+    model_path = resolve_model_path(config.model.name_or_path)
+    require_safetensors(model_path)
+    load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
+    return model_path
 
 
 def run_iteration(

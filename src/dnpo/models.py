@@ -84,19 +84,53 @@ def prepare_default_model(target: str | Path | None = None) -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map `bundled:smollm2-135m-instruct` to its cached checkpoint; pass others through."""
+    """Map `bundled:smollm2-135m-instruct` to its cached checkpoint; pass others through.
+
+    A name written as a local path (absolute, `./`, `../`, `~` or two or more slashes)
+    must exist, because the hub would reject it with a less helpful error.
+    """
     if name_or_path == DEFAULT_MODEL:
         return str(prepare_default_model())
     if name_or_path.startswith("bundled:"):
         raise ConfigError(f"unknown bundled model {name_or_path!r}; the bundled model is {DEFAULT_MODEL}")
+    if looks_like_local_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise ConfigError(
+            f"model {name_or_path} not found: no such folder; pass a checkpoint folder, "
+            f"a hub model name or {DEFAULT_MODEL} (model.name_or_path in a run config)"
+        )
     return name_or_path
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Return whether a model name is a file-system path rather than a hub id `namespace/name`."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def require_safetensors(path: str) -> None:
+    """Raise FileNotFoundError for a checkpoint folder without safetensors weights."""
+    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"no .safetensors weights in {path}; dnpo loads safetensors checkpoints only "
+            "(convert pickle weights with save_pretrained(safe_serialization=True))"
+        )
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     """Load a tokenizer; a missing pad token is set to EOS (the completion mask keeps EOS trained)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        # transformers reports a missing or unreachable hub model as a multi-line OSError.
+        lines = str(error).strip().splitlines()
+        reason = lines[0].rstrip(".") if lines else type(error).__name__
+        raise ConfigError(
+            f"cannot load a tokenizer from {path!r}: {reason}; pass a checkpoint folder, or a "
+            "hub model name that is cached or reachable"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -109,11 +143,7 @@ def load_causal_lm(path: str, precision: str = "fp32", trust_remote_code: bool =
 
     if precision not in PRECISIONS:
         raise ConfigError(f"invalid precision {precision!r}; expected one of {list(PRECISIONS)}")
-    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
-        raise FileNotFoundError(
-            f"no .safetensors weights in {path}; dnpo loads safetensors checkpoints only "
-            "(convert pickle weights with save_pretrained(safe_serialization=True))"
-        )
+    require_safetensors(path)
     return AutoModelForCausalLM.from_pretrained(
         path,
         dtype=getattr(torch, PRECISIONS[precision]),

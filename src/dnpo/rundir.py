@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import platform
 import subprocess
 import time
@@ -23,6 +24,11 @@ import yaml
 from dnpo.config import RunConfig
 from dnpo.configbase import ConfigError
 from dnpo.io import atomic_write_json, atomic_write_text, read_json
+
+logger = logging.getLogger(__name__)
+
+# Lock files of the run directories this process holds, open until the process exits.
+_HELD_LOCKS: dict[Path, Any] = {}
 
 # Fields that may change between invocations of the same run.
 EXTENSIBLE_FIELDS = {"loop.iterations", "loop.report"}
@@ -86,6 +92,7 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
             f"cannot write to run directory {run_dir}: {error.strerror}; "
             "set loop.output_dir to a writable folder"
         ) from None
+    lock_run_dir(run_dir)
     config_path = run_dir / "config.yaml"
     new = config.to_dict()
     if config_path.exists():
@@ -97,8 +104,43 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
                 + "; ".join(differences)
                 + "); rerun with the original config to resume, or pass --new-run to start a new run"
             )
+    remove_temporary_files(run_dir)
     atomic_write_text(config_path, yaml.safe_dump(new, sort_keys=False, allow_unicode=True))
     return run_dir, config
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take an exclusive lock on run_dir/.lock until this process exits.
+
+    Two processes appending to the same run would write records twice. The operating
+    system drops the lock when the process exits, also after a SIGKILL. Without
+    `fcntl` (Windows) no lock is taken.
+    """
+    key = run_dir.resolve()
+    if key in _HELD_LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:
+        return
+    handle = open(run_dir / ".lock", "a", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(
+            f"run directory {run_dir} is in use by another dnpo process; wait for it to "
+            "finish, or set loop.name to start a separate run"
+        ) from None
+    _HELD_LOCKS[key] = handle
+
+
+def remove_temporary_files(run_dir: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed process left behind."""
+    for path in run_dir.rglob(".*.tmp"):
+        if path.is_file():
+            logger.info("Removing %s, left by an interrupted write", path)
+            path.unlink()
 
 
 def package_versions() -> dict[str, str]:

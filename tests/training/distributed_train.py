@@ -31,6 +31,15 @@ result = train(rows, model_dir, output_dir, config)
 
 trainer = trainers[-1]
 model = trainer.accelerator.unwrap_model(trainer.model)
-params = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-metadata = {"world_size": str(trainer.args.world_size), "steps": str(result.steps)}
+params = {
+    name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().contiguous()
+    for name, p in model.named_parameters()
+    if p.requires_grad
+}
+metadata = {
+    "world_size": str(trainer.args.world_size),
+    "steps": str(result.steps),
+    "fsdp": str(trainer.is_fsdp_enabled),
+    "parameter_type": type(next(model.parameters())).__name__,
+}
 save_file(params, str(output_dir / f"params-rank{trainer.args.process_index}.safetensors"), metadata)

@@ -51,7 +51,7 @@ def test_npo_loss_hand_computed():
     ex = two_token_example()
     # sigma = exp(b) = 1 with W = 0. Draw 1 adds ln 2 to token 2's logit at both positions,
     # so the noisy reference gives the rejected tokens p = 2/4: log-prob -2 ln 2.
-    # Draw 2 is zero: the noise term sees the clean reference, -2 ln 3.
+    # Draw 2 is zero: the noise term uses the clean reference, -2 ln 3.
     head = NoiseHead(hidden_size=1, vocab_size=3, init_std=1.0)
     eps1 = torch.tensor([[0.0, 0.0, LN2], [0.0, 0.0, LN2]])
     noisy = noisy_rejected_logps(

@@ -8,6 +8,7 @@ from dnpo.training.noise import (
     GivenNoise,
     NoiseHead,
     SeededNoise,
+    head_matmul_dtype,
     load_noise_head_state,
     noisy_rejected_logps,
     save_noise_head,
@@ -127,7 +128,7 @@ def test_backward_keeps_no_noise_tensor():
         noisy = noisy_rejected_logps(hidden, logits, labels, SeededNoise(1), 2, noise_head=head)
     noisy.noise_token_logps.sum().backward()
     assert head.weight.grad.abs().sum() > 0
-    # Checkpointed chunks keep only their inputs: slices of the reference logits, no
+    # Backward recomputes the chunks, so only the inputs are saved: the reference logits, no
     # sigma, eps or noisy logits of shape (positions, V).
     vocab_sized = [tensor for tensor in saved if tensor.dim() == 2 and tensor.shape[-1] == V]
     assert vocab_sized
@@ -142,3 +143,22 @@ def test_noise_head_file_round_trip(tmp_path):
     assert torch.equal(state["weight"], head.weight)
     with pytest.raises(ValueError, match="shape"):
         load_noise_head_state(path, D + 1, V)
+
+
+def test_bf16_autocast_matches_fp32_loosely():
+    hidden, logits, labels = inputs()
+    eps1, eps2 = torch.randn(N, V), torch.randn(N, V)
+    head = trained_head()
+    full = noisy_rejected_logps(hidden, logits, labels, GivenNoise(eps1, eps2), 3, noise_head=head)
+    full.noise_token_logps.sum().backward()
+    full_grad = head.weight.grad.clone()
+    head.zero_grad()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head_matmul_dtype("cpu") == torch.bfloat16
+        half = noisy_rejected_logps(hidden, logits, labels, GivenNoise(eps1, eps2), 3, noise_head=head)
+    half.noise_token_logps.sum().backward()
+    assert half.noise_token_logps.dtype == torch.float32
+    assert_close(half.noise_token_logps, full.noise_token_logps.detach(), atol=0.05, rtol=0)
+    assert_close(head.weight.grad, full_grad, atol=0.02, rtol=0.05)
+    assert head_matmul_dtype("cpu") == torch.float32

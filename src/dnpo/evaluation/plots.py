@@ -9,6 +9,7 @@ iteration's generations, and model loss against noise loss.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,13 @@ COLORS = {"positive": "tab:green", "negative": "tab:red", "next": "tab:blue"}
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """Write the figure as PNG through a temporary file and a rename, so no PNG is ever torn."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    temporary = path.with_name(f".{path.name}.tmp")
+    fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)
+    os.replace(temporary, path)
     return path
 
 

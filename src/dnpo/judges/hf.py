@@ -188,7 +188,13 @@ def reward_to_score(reward: float, scale: float) -> int:
 
 def load_judge_model(config: JudgeConfig, sequence_classification: bool) -> tuple[Any, Any]:
     """Load the judge model and tokenizer named by `judge.model` on GPU when available."""
-    from dnpo.models import PRECISIONS, load_causal_lm, load_tokenizer, resolve_model_path
+    from dnpo.models import (
+        PRECISIONS,
+        load_causal_lm,
+        load_tokenizer,
+        require_safetensors,
+        resolve_model_path,
+    )
 
     if not config.model:
         raise ConfigError(
@@ -199,8 +205,9 @@ def load_judge_model(config: JudgeConfig, sequence_classification: bool) -> tupl
     if sequence_classification:
         from transformers import AutoModelForSequenceClassification
 
+        require_safetensors(path)
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=getattr(torch, PRECISIONS[config.precision])
+            path, dtype=getattr(torch, PRECISIONS[config.precision]), use_safetensors=True
         )
     else:
         model = load_causal_lm(path, config.precision)

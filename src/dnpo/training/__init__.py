@@ -1,6 +1,6 @@
 """NPO training: trainable-noise preference optimization, plus fixed-noise, SPIN and DPO.
 
-`train()` runs one training stage; `TrainConfig` holds its settings. The heavy
+`train()` runs one training stage; `TrainConfig` contains its settings. The heavy
 modules (torch, transformers) load on first use of `train` or `TrainResult`.
 """
 

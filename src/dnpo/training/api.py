@@ -10,9 +10,10 @@ Layout of `output_dir` after a finished run:
 
 A rerun with the same arguments returns the stored result when `train_result.json`
 exists, and otherwise resumes from the newest complete `checkpoint-N` directory
-(written every `save_steps` steps; see `last_complete_checkpoint`). Besides the policy and noise head, a `checkpoint-N` holds
-Trainer's optimizer, scheduler and RNG state in torch.save files, which Trainer loads
-with weights_only=True. The `checkpoint-N` directories are deleted once the run is done.
+(written every `save_steps` steps, see `last_complete_checkpoint`). Besides the policy
+and noise head, a `checkpoint-N` contains Trainer's optimizer, scheduler and RNG state
+in torch.save files, which Trainer loads with weights_only=True. The `checkpoint-N`
+directories are deleted once the run is done.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def last_complete_checkpoint(output_dir: Path, delete_incomplete: bool = False) 
             read_json(path / "trainer_state.json")
             return str(path)
         except (OSError, ValueError):
-            logger.warning("Skipping %s: a crash cut it short (no readable trainer_state.json)", path)
+            logger.warning("Skipping %s: no readable trainer_state.json, so it was cut short", path)
             if delete_incomplete:
                 shutil.rmtree(path, ignore_errors=True)
     return None
@@ -237,6 +238,7 @@ def train(
     output_dir = Path(output_dir)
     if (output_dir / RESULT_FILE).is_file():
         logger.info("Training in %s already finished; returning its result", output_dir)
+        remove_resume_files(output_dir)
         return load_result(output_dir)
     if noise_head_init is not None and config.mode != "dnpo":
         raise ConfigError(f"noise_head_init is given, but mode {config.mode} trains no noise head")
@@ -308,6 +310,20 @@ def train(
     return result
 
 
+def remove_resume_files(output_dir: Path) -> None:
+    """Delete the resumable checkpoints and partial log-prob files of a finished run.
+
+    A finished run (train_result.json written) calls this again on every rerun, so a
+    crash in the middle of the deletion leaves no pickle-based Trainer state behind.
+    """
+    from dnpo.training.trainer import REF_LOGPS_PARTIAL_GLOB
+
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    for partial in output_dir.glob(REF_LOGPS_PARTIAL_GLOB):
+        partial.unlink(missing_ok=True)
+
+
 def finish_run(
     result: TrainResult, output_dir: Path, counts: DataCounts, trainer_metrics: dict[str, float]
 ) -> None:
@@ -316,8 +332,6 @@ def finish_run(
     `trainer_metrics` are Trainer's end-of-training metrics (train_loss, train_runtime, ...),
     which cover only the steps run in this call when the run was resumed.
     """
-    from dnpo.training.trainer import REF_LOGPS_PARTIAL_GLOB
-
     result.log = read_jsonl(output_dir / LOG_FILE)
     result.metrics = {**summarize_log(result.log), **trainer_metrics, **counts.to_metrics()}
     result.mean_margin = result.metrics.get("rewards/margins")
@@ -329,10 +343,7 @@ def finish_run(
     ]
     atomic_write_text(output_dir / LOGPS_FILE, "".join(line + "\n" for line in lines))
     atomic_write_json(output_dir / RESULT_FILE, result.summary())
-    for checkpoint in output_dir.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    for partial in output_dir.glob(REF_LOGPS_PARTIAL_GLOB):
-        partial.unlink()
+    remove_resume_files(output_dir)
     logger.info(
         "Training finished: %d steps in %.1f s, mean margin %s, model in %s",
         result.steps, result.wall_seconds, result.mean_margin, output_dir,

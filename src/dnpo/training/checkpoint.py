@@ -1,9 +1,9 @@
 """Checkpoint files: the policy as a transformers model directory, the noise head beside it.
 
-A checkpoint directory holds what `AutoModelForCausalLM.from_pretrained` loads
+A checkpoint directory contains what `AutoModelForCausalLM.from_pretrained` loads
 (config.json, *.safetensors), the tokenizer, and `noise_head.safetensors` in dnpo
-mode. The final checkpoint of a LoRA run holds the merged weights. Resumable LoRA
-checkpoints hold the adapter (adapter_model.safetensors) instead, because resuming
+mode. The final checkpoint of a LoRA run contains the merged weights. Resumable LoRA
+checkpoints contain the adapter (adapter_model.safetensors) instead, because resuming
 needs the adapter and the untouched base. The frozen reference is never saved: it
 is the starting model, which resuming loads again.
 """

@@ -8,14 +8,16 @@ last hidden state and z_t its logits (size V):
     noisy token log-prob = log_softmax(z'_t)[y_t] (Eq. 7)
 
 log_std is clamped at 0.5 * ln(eps_max), so sigma^2 <= eps_max. Entries above the cap
-get no gradient through the clamp. The head runs in fp32, also under autocast.
+get no gradient through the clamp. The head's matrix products use autocast's dtype
+when autocast is on (bf16 training) and fp32 otherwise. Sigma, the noise and the
+softmax are always fp32.
 
 Memory: the noise, the noisy logits and their softmax are (positions, V) tensors. They
-are built for `chunk_size` positions at a time, and backward recomputes a chunk from
-its inputs (hidden states, reference logits, labels) instead of storing it, as
-activation checkpointing does. The recomputation draws the same eps because each
-chunk's draw comes from a generator seeded by (call seed, first position, draw
-number), never from the global RNG.
+are built for `chunk_size` positions at a time, and backward recomputes each chunk from
+the inputs (hidden states, reference logits, labels) instead of storing it, as
+activation checkpointing does. The chunks' weight gradients add into one (V, d) buffer.
+The recomputation draws the same eps because each chunk's draw comes from a generator
+seeded by (call seed, first position, draw number), never from the global RNG.
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ def gathered_parameters(*params: torch.Tensor) -> Any:
 
     The noise head's weight is read directly, not through the module's forward, so the
     ZeRO-3 hooks that normally gather it do not run.
+    NOTE: untested, since the test environment has no DeepSpeed. Whether ZeRO-3 then
+    reduces the weight gradient that backward returns is unverified.
     """
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
@@ -162,13 +166,22 @@ def gathered_parameters(*params: torch.Tensor) -> Any:
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """Return a sharded FSDP2 DTensor as a plain full tensor, other tensors unchanged."""
+    """Return a sharded FSDP2 DTensor as a plain full tensor, other tensors unchanged.
+
+    The conversion is differentiable, so gradients flow back to the DTensor.
+    """
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def _log_std(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Return W h + b in fp32: hidden (n, d) -> (n, V)."""
-    return torch.addmm(bias.float(), hidden.float(), weight.float().t())
+def head_matmul_dtype(device_type: str) -> torch.dtype:
+    """Return the dtype of the noise head's matrix products: autocast's dtype, else fp32.
+
+    Under bf16 autocast an fp32 product would run far below the GPU's bf16 rate, so the
+    head follows autocast like the model's other linear layers. Softmax and sigma stay fp32.
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.float32
 
 
 def _noisy_logps_(eps: torch.Tensor, std: torch.Tensor | float, logits: torch.Tensor,
@@ -181,34 +194,57 @@ def _noisy_logps_(eps: torch.Tensor, std: torch.Tensor | float, logits: torch.Te
     return token_logps(noisy, labels)
 
 
-class _NoisyChunk(torch.autograd.Function):
-    """Both noise draws of one chunk, with a backward that recomputes instead of storing.
+def _chunk_log_std(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Return W h + b in fp32, before the cap: hidden (c, d) -> (c, V).
+
+    `weight` (V, d) and `bias` (V,) are already in the product dtype.
+    """
+    return torch.addmm(bias, hidden.to(weight.dtype), weight.t()).float()
+
+
+class _NoisyLogps(torch.autograd.Function):
+    """Both noise draws for all rejected positions, chunk by chunk, with a recomputing backward.
 
     forward returns the noise term's token log-probs (draw 2, differentiable in W and b),
     the sum of sigma^2, and, without gradient, the model term's token log-probs (draw 1)
-    and sigma's sum and max. backward recomputes sigma and the draw-2 softmax from the
-    chunk's inputs, so nothing of shape (n, V) is kept between forward and backward.
-    Buffers are updated in place, which avoids one fresh (n, V) allocation per operation.
+    and sigma's sum and max. backward recomputes sigma and the draw-2 softmax chunk by
+    chunk from the inputs, so nothing of shape (n, V) is kept between forward and
+    backward, and adds each chunk's weight gradient into one (V, d) buffer. Buffers are
+    updated in place, which avoids one fresh (c, V) allocation per operation.
     """
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
                 weight: torch.Tensor, bias: torch.Tensor, log_std_max: float, noise: NoiseSource,
-                start: int) -> tuple[torch.Tensor, ...]:
+                chunk_size: int) -> tuple[torch.Tensor, ...]:
         count, vocab_size = logits.shape
-        with torch.autocast(logits.device.type, enabled=False), gathered_parameters(weight, bias):
-            std = _log_std(hidden, _full(weight), _full(bias)).clamp_(max=log_std_max).exp_()
-        # Saved as given: an fp32 copy of bf16 logits would stay alive until backward.
-        ctx.save_for_backward(hidden, logits, labels, weight, bias)
-        logits = logits.float()
-        variance_sum = torch.linalg.vector_norm(std).square()
-        eps = noise(start, count, 1, vocab_size, logits.device)
-        model_logps = _noisy_logps_(eps, std, logits, labels)
-        eps = noise(start, count, 2, vocab_size, logits.device)
-        noise_logps = _noisy_logps_(eps, std, logits, labels)
-        std_sum, std_max = std.sum(), std.max()
+        device = logits.device
+        dtype = head_matmul_dtype(device.type)
+        model_logps = torch.empty(count, dtype=torch.float32, device=device)
+        noise_logps = torch.empty(count, dtype=torch.float32, device=device)
+        variance_sum = torch.zeros((), dtype=torch.float32, device=device)
+        # Summed in float64: an fp32 sum over n * V entries drifts visibly above the max.
+        std_sum = torch.zeros((), dtype=torch.float64, device=device)
+        std_max = torch.zeros((), dtype=torch.float32, device=device)
+        with torch.autocast(device.type, enabled=False), gathered_parameters(weight, bias):
+            head_weight, head_bias = weight.to(dtype), bias.to(dtype)
+            for start in range(0, count, chunk_size):
+                rows = slice(start, min(start + chunk_size, count))
+                std = _chunk_log_std(hidden[rows], head_weight, head_bias)
+                std.clamp_(max=log_std_max).exp_()
+                chunk_logits = logits[rows].float()
+                eps = noise(start, std.size(0), 1, vocab_size, device)
+                model_logps[rows] = _noisy_logps_(eps, std, chunk_logits, labels[rows])
+                eps = noise(start, std.size(0), 2, vocab_size, device)
+                noise_logps[rows] = _noisy_logps_(eps, std, chunk_logits, labels[rows])
+                variance_sum += torch.linalg.vector_norm(std).square()
+                std_sum += std.sum(dtype=torch.float64)
+                torch.maximum(std_max, std.max(), out=std_max)
+                del std, eps, chunk_logits
 
-        ctx.log_std_max, ctx.noise, ctx.start = log_std_max, noise, start
+        # The inputs are saved as given: an fp32 copy of bf16 logits would stay alive.
+        ctx.save_for_backward(hidden, logits, labels, weight, bias)
+        ctx.log_std_max, ctx.noise, ctx.chunk_size, ctx.dtype = log_std_max, noise, chunk_size, dtype
         ctx.mark_non_differentiable(model_logps, std_sum, std_max)
         return noise_logps, variance_sum, model_logps, std_sum, std_max
 
@@ -217,26 +253,39 @@ class _NoisyChunk(torch.autograd.Function):
                  *unused: Any) -> tuple[torch.Tensor | None, ...]:
         hidden, logits, labels, weight, bias = ctx.saved_tensors
         count, vocab_size = logits.shape
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        grad_logps = grad_logps.float()
         with torch.autocast(logits.device.type, enabled=False), gathered_parameters(weight, bias):
-            std = _log_std(hidden, _full(weight), _full(bias))
-            # clamp passes the gradient where the input is at or below the cap.
-            below_cap = std <= ctx.log_std_max
-            std.clamp_(max=ctx.log_std_max).exp_()
-            eps = ctx.noise(ctx.start, count, 2, vocab_size, logits.device)
+            head_weight, head_bias = weight.to(ctx.dtype), bias.to(ctx.dtype)
+            for start in range(0, count, ctx.chunk_size):
+                rows = slice(start, min(start + ctx.chunk_size, count))
+                std = _chunk_log_std(hidden[rows], head_weight, head_bias)
+                # clamp passes the gradient where its input is at or below the cap.
+                below_cap = std <= ctx.log_std_max
+                std.clamp_(max=ctx.log_std_max).exp_()
+                eps = ctx.noise(start, std.size(0), 2, vocab_size, logits.device)
+                chunk_grad_logps = grad_logps[rows]
 
-            # d logp / d z' = onehot(label) - softmax(z'), with z' = z + sigma * eps.
-            noisy = torch.addcmul(logits.float(), std, eps)
-            grad = noisy.sub_(torch.logsumexp(noisy, dim=-1, keepdim=True)).exp_()
-            grad.mul_(-grad_logps.float().unsqueeze(-1))
-            rows = torch.arange(count, device=grad.device)
-            grad[rows, labels] += grad_logps.float()
-            # d/d sigma: eps * dL/dz' + 2 sigma dL/d(sum sigma^2); then d sigma / d log_std = sigma.
-            grad.mul_(eps).addcmul_(std, 2 * grad_variance.float())
-            grad.mul_(std).mul_(below_cap)
+                # d logp / d z' = onehot(label) - softmax(z'), with z' = z + sigma * eps.
+                noisy = torch.addcmul(logits[rows].float(), std, eps)
+                grad = noisy.sub_(torch.logsumexp(noisy, dim=-1, keepdim=True)).exp_()
+                grad.mul_(-chunk_grad_logps.unsqueeze(-1))
+                positions = torch.arange(std.size(0), device=grad.device)
+                grad[positions, labels[rows]] += chunk_grad_logps
+                # d/d sigma = eps * dL/dz' + 2 sigma dL/d(sum sigma^2); d sigma / d log_std = sigma.
+                grad.mul_(eps).addcmul_(std, 2 * grad_variance.float())
+                grad.mul_(std).mul_(below_cap)
 
-            grad_weight = grad.t().mm(hidden.float()).to(weight.dtype)
-            grad_bias = grad.sum(0).to(bias.dtype)
-        return None, None, None, grad_weight, grad_bias, None, None, None
+                chunk_hidden = hidden[rows].to(ctx.dtype)
+                if ctx.dtype == torch.float32:
+                    grad_weight.addmm_(grad.t(), chunk_hidden)
+                else:
+                    grad_weight += grad.t().to(ctx.dtype).mm(chunk_hidden)
+                grad_bias += grad.sum(0)
+                del std, below_cap, eps, noisy, grad
+        return (None, None, None, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype),
+                None, None, None)
 
 
 def noisy_rejected_logps(
@@ -259,38 +308,27 @@ def noisy_rejected_logps(
     if (noise_head is None) == (fixed_std is None):
         raise ValueError("pass exactly one of noise_head and fixed_std")
     count, vocab_size = ref_logits.shape
-    model_parts, noise_parts = [], []
-    variance_sum = ref_logits.new_zeros((), dtype=torch.float32)
-    std_sum = ref_logits.new_zeros((), dtype=torch.float32)
-    std_max = ref_logits.new_zeros((), dtype=torch.float32)
-
-    for start in range(0, count, chunk_size):
-        stop = min(start + chunk_size, count)
-        hidden, logits, chunk_labels = ref_hidden[start:stop], ref_logits[start:stop], labels[start:stop]
-        if noise_head is None:
-            with torch.no_grad():
-                eps = noise(start, stop - start, 1, vocab_size, logits.device)
-                model_parts.append(_noisy_logps_(eps, fixed_std, logits.float(), chunk_labels))
-            continue
-
-        noisy, chunk_variance, model_logps, chunk_std_sum, chunk_std_max = _NoisyChunk.apply(
-            hidden, logits, chunk_labels, noise_head.weight, noise_head.bias, log_std_max, noise, start
-        )
-        noise_parts.append(noisy)
-        model_parts.append(model_logps)
-        variance_sum = variance_sum + chunk_variance
-        std_sum += chunk_std_sum
-        std_max = torch.maximum(std_max, chunk_std_max)
-
-    model_token_logps = torch.cat(model_parts) if model_parts else ref_logits.new_zeros(0)
     if noise_head is None:
+        model_parts = []
+        with torch.no_grad():
+            for start in range(0, count, chunk_size):
+                stop = min(start + chunk_size, count)
+                eps = noise(start, stop - start, 1, vocab_size, ref_logits.device)
+                logits = ref_logits[start:stop].float()
+                model_parts.append(_noisy_logps_(eps, fixed_std, logits, labels[start:stop]))
+        model_token_logps = torch.cat(model_parts) if model_parts else ref_logits.new_zeros(0)
         std = torch.tensor(fixed_std, dtype=torch.float32, device=ref_logits.device)
         return NoisyLogps(model_token_logps, None, None, std, std)
+
+    noise_token_logps, variance_sum, model_token_logps, std_sum, std_max = _NoisyLogps.apply(
+        ref_hidden, ref_logits, labels, _full(noise_head.weight), _full(noise_head.bias),
+        log_std_max, noise, chunk_size,
+    )
     elements = max(count * vocab_size, 1)
     return NoisyLogps(
         model_token_logps=model_token_logps,
-        noise_token_logps=torch.cat(noise_parts) if noise_parts else ref_logits.new_zeros(0),
+        noise_token_logps=noise_token_logps,
         variance_mean=variance_sum / elements,
-        std_mean=std_sum / elements,
+        std_mean=(std_sum / elements).float(),
         std_max=std_max,
     )

@@ -229,9 +229,9 @@ class NPOTrainer(Trainer):
             if pair_id in self.ref_logps:
                 continue
             self.ref_logps[pair_id] = (chosen_logps, rejected_logps)
-            self._ref_logps_writer.write(
-                {"id": pair_id, "ref_chosen_logps": chosen_logps, "ref_rejected_logps": rejected_logps}
-            )
+            record = {"id": pair_id, "ref_chosen_logps": chosen_logps,
+                      "ref_rejected_logps": rejected_logps}
+            self._ref_logps_writer.write(record)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -23,6 +23,15 @@ class ModelConfig(Section):
     trust_remote_code: bool = option(False, "allow custom modeling code from the model repository")
 
 
+    def validate(self) -> None:
+        super().validate()
+        if not self.name_or_path.strip():
+            raise ConfigError(
+                "model.name_or_path is empty; set a checkpoint folder, a hub name or "
+                "bundled:smollm2-135m-instruct"
+            )
+
+
 @dataclass
 class TaskConfig(Section):
     train_size: int = option(32, "training prompts of the bundled arithmetic task")

@@ -237,6 +237,9 @@ def train(
 
     output_dir = Path(output_dir)
     if (output_dir / RESULT_FILE).is_file():
+        # A finished run is reused only for the same pairs, model and config.
+        fingerprint = run_fingerprint(read_pairs(pairs), resolve_model_path(str(model_path)), config)
+        check_same_run(output_dir, fingerprint)
         logger.info("Training in %s already finished; returning its result", output_dir)
         remove_resume_files(output_dir)
         return load_result(output_dir)

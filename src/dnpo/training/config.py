@@ -69,6 +69,13 @@ class TrainConfig(Section):
                      "max_prompt_length", "noise_chunk_size", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        from transformers import SchedulerType
+
+        schedulers = [scheduler.value for scheduler in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise ConfigError(
+                f"train.lr_scheduler: invalid value {self.lr_scheduler!r}; expected one of {schedulers}"
+            )
         if self.max_prompt_length >= self.max_length:
             raise ConfigError(
                 f"train.max_prompt_length ({self.max_prompt_length}) must be below "

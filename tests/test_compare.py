@@ -46,7 +46,7 @@ def prompt(i):
 
 
 def write_run(path, answers_by_iteration, method="dnpo", judge=None, prompts=None):
-    """Write a run dir whose iter_K/generations.jsonl holds the given answers by id."""
+    """Write a run dir whose iter_K/generations.jsonl contains the given answers by id."""
     path.mkdir(parents=True)
     config = {"loop": {"method": method}, "judge": judge or {"type": "openai", "model": "m"}}
     (path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -99,7 +99,7 @@ def generate_to_file(
         already_done = len(examples) - len(todo)
         if already_done:
             logger.info(
-                "%s already holds %d of %d prompts; generating the rest",
+                "%s already contains %d of %d prompts; generating the rest",
                 path,
                 already_done,
                 len(examples),

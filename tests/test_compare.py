@@ -273,3 +273,22 @@ def test_cli_compare_bad_iterations_flag(tmp_path, capsys):
     run_b = write_run(tmp_path / "b", {0: {"1": "SCORE=4"}})
     assert dnpo_main(["compare", str(run_a), str(run_b), "--iterations", "one"]) == 2
     assert "invalid --iterations" in capsys.readouterr().err
+
+
+def test_cli_compare_iteration_not_in_both_runs(tmp_path, capsys):
+    run_a = write_run(tmp_path / "a", {0: {"1": "SCORE=3"}, 1: {"1": "SCORE=3"}, 2: {"1": "S"}})
+    run_b = write_run(tmp_path / "b", {0: {"1": "SCORE=4"}, 1: {"1": "SCORE=4"}})
+    code = dnpo_main(["compare", str(run_a), str(run_b), "--iterations", "1,2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--iterations: iteration 2 does not have generations.jsonl in both" in err
+    assert "the iterations present in both are 0,1" in err
+    assert not (run_a / "compare_vs_b").exists()
+
+
+def test_compare_runs_only_shared_iterations(tmp_path):
+    run_a = write_run(tmp_path / "a", {0: {"1": "SCORE=3"}, 1: {"1": "SCORE=5"}})
+    run_b = write_run(tmp_path / "b", {0: {"1": "SCORE=4"}, 1: {"1": "SCORE=4"}})
+    report = compare_runs(run_a, run_b, FakeJudge(), tmp_path / "out", only_iterations=[1])
+    assert list(report["iterations"]) == ["1"]
+    assert report["iterations"]["1"]["wins"] == 1

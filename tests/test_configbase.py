@@ -83,7 +83,7 @@ def test_load_config_errors_name_the_file(tmp_path):
         load_config(Outer, bad)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
-    with pytest.raises(ConfigError, match="mapping at the top level"):
+    with pytest.raises(ConfigError, match="mapping at the top level, got int"):
         load_config(Outer, scalar)
 
 

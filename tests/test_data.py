@@ -4,7 +4,13 @@ import logging
 import pytest
 
 from dnpo.configbase import ConfigError
-from dnpo.data import DataConfig, gsm8k_gold_answer, load_sft_examples, prompt_hash
+from dnpo.data import (
+    DataConfig,
+    empty_local_file,
+    gsm8k_gold_answer,
+    load_sft_examples,
+    prompt_hash,
+)
 from dnpo.errors import DataError
 
 
@@ -204,3 +210,38 @@ def test_json_and_parquet_files(tmp_path):
 def test_missing_path_is_not_a_crash(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.json"])
+def test_empty_file_error_names_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    with pytest.raises(DataError) as error:
+        load(path)
+    assert str(error.value).startswith(f"{path}: no usable rows")
+    assert "the source is empty" in str(error.value)
+
+
+def test_empty_parquet_file_is_data_error(tmp_path):
+    path = tmp_path / "empty.parquet"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=f"{path}: not a readable Parquet file"):
+        load(path)
+
+
+def test_empty_dataset_folder_named(tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    with pytest.raises(DataError, match=f"dataset folder {folder} contains no data files"):
+        load(folder)
+
+
+def test_empty_local_file_detection(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "blank.jsonl").write_bytes(b"\n  \n")
+    (tmp_path / "rows.jsonl").write_bytes(b'{"prompt": "x", "response": "y"}\n')
+    assert empty_local_file(str(tmp_path / "empty.jsonl"))
+    assert empty_local_file(str(tmp_path / "blank.jsonl"))
+    assert not empty_local_file(str(tmp_path / "rows.jsonl"))
+    assert not empty_local_file(str(tmp_path / "missing.jsonl"))
+    assert not empty_local_file("someorg/some-dataset")

@@ -1,12 +1,16 @@
+import importlib.util
 import json
+import socket
 
 import pytest
 
 from dnpo.cli import main as cli_main
 from dnpo.config import RunConfig
 from dnpo.configbase import ConfigError
+from dnpo.errors import JudgeStageError
 from dnpo.io import read_json, read_jsonl
-from dnpo.loop import load_run_config, run
+from dnpo.loop import check_inputs, load_run_config, resolve_data, run, run_iteration
+from dnpo.rundir import open_run_dir
 from dnpo.testing import save_tiny_model
 
 TINY_OVERRIDES = [
@@ -178,3 +182,105 @@ def test_default_config_one_iteration_on_smollm2(tmp_path):
     assert rows[0]["pairs"] >= 1
     assert rows[0]["accuracy"] is not None
     assert (run_dir / "iter_0" / "train" / "model.safetensors").is_file()
+
+
+def test_missing_accelerate_config_stops_before_run_dir(tmp_path):
+    config = tiny_config(tmp_path, f"loop.accelerate_config={tmp_path / 'missing.yaml'}")
+    with pytest.raises(ConfigError) as error:
+        run(config)
+    message = str(error.value)
+    assert message.startswith(f"loop.accelerate_config {tmp_path / 'missing.yaml'} not found")
+    assert "\n" not in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_accelerate_not_on_path_stops_before_run_dir(tmp_path, monkeypatch):
+    accelerate_config = tmp_path / "accelerate.yaml"
+    accelerate_config.write_text("num_processes: 1\n")
+    config = tiny_config(tmp_path, f"loop.accelerate_config={accelerate_config}")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(ConfigError, match="accelerate executable is not on PATH"):
+        check_inputs(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_lm_eval_tasks_need_installed_harness(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "lm_eval" else real_find_spec(name, *args)
+
+    config = tiny_config(tmp_path, "eval.lm_eval_tasks=[arc]")
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ConfigError, match="lm-evaluation-harness is not installed"):
+        run(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_lm_eval_task_fails_at_config_load(tmp_path):
+    with pytest.raises(ConfigError, match="unknown task 'arcc'.*closest valid name is arc"):
+        tiny_config(tmp_path, "eval.lm_eval_tasks=[arcc]")
+
+
+def closed_local_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_judge_stage_with_every_item_failed_stops_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("DNPO_UNSET_KEY", raising=False)
+    config = tiny_config(
+        tmp_path,
+        "judge.type=openai",
+        "judge.model=judge-test",
+        f"judge.base_url=http://127.0.0.1:{closed_local_port()}/v1",
+        "judge.api_key_env=DNPO_UNSET_KEY",
+        "judge.max_retries=0",
+        "judge.timeout=5",
+        "judge.cache=false",
+    )
+    model_path = check_inputs(config)
+    run_dir, config = open_run_dir(config)
+    train_data, _ = resolve_data(config, run_dir)
+    with pytest.raises(JudgeStageError) as error:
+        run_iteration(config, run_dir, 1, model_path, None, train_data)
+    message = str(error.value)
+    assert "all 6 judged items failed" in message
+    assert "most common error kind is connection (12 of 12 failed calls)" in message
+    assert "retries them" in message
+    iter_dir = run_dir / "iter_1"
+    assert not (iter_dir / "pairs.jsonl").exists()
+    assert read_json(iter_dir / "manifest.json")["stages"]["judge"]["status"] != "done"
+    assert len(read_jsonl(iter_dir / "judgments.failed.jsonl")) == 6
+
+
+@pytest.mark.parametrize("field", ["train_size", "eval_size"])
+def test_task_size_error_names_field_and_value(field):
+    with pytest.raises(ConfigError, match=rf"^task\.{field} must be >= 1, got 0$"):
+        RunConfig.from_dict({"task": {field: 0}})
+
+
+@pytest.mark.parametrize("section", ["data", "eval_data"])
+def test_empty_data_file_stops_before_run_dir(tmp_path, section):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    config = tiny_config(tmp_path, f"{section}.path={empty}")
+    with pytest.raises(ConfigError, match=rf"^{section}\.path {empty} is empty"):
+        run(config)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "num_epochs"])
+def test_train_rate_error_names_field_and_value(field):
+    with pytest.raises(ConfigError, match=rf"^train\.{field} must be > 0, got 0"):
+        RunConfig.from_dict({"train": {field: 0}})
+
+
+def test_train_section_not_mapping_names_value(tmp_path):
+    from dnpo.training.cli import load_train_config
+
+    path = tmp_path / "train.yaml"
+    path.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match="'train' must be a mapping of TrainConfig fields, got 5"):
+        load_train_config(str(path))

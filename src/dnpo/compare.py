@@ -164,20 +164,30 @@ def compare_runs(
 def shared_iterations(
     run_a: Path, run_b: Path, filename: str, only_iterations: list[int] | None
 ) -> list[int]:
-    """Return the iterations where both runs have `filename`, limited to `only_iterations`."""
+    """Return the iterations where both runs have `filename`, limited to `only_iterations`.
+
+    Raises ConfigError naming an iteration of `only_iterations` that is not shared.
+    """
     shared = [
         k
         for k in sorted(set(iterations(run_a)) & set(iterations(run_b)))
         if (iteration_dir(run_a, k) / filename).is_file()
         and (iteration_dir(run_b, k) / filename).is_file()
-        and (only_iterations is None or k in only_iterations)
     ]
     if not shared:
         raise FileNotFoundError(
             f"no iteration has {filename} in both {run_a} and {run_b}; "
             "compare runs that have generated data for the same iterations"
         )
-    return shared
+    if only_iterations is None:
+        return shared
+    for k in only_iterations:
+        if k not in shared:
+            raise ConfigError(
+                f"--iterations: iteration {k} does not have {filename} in both {run_a} and "
+                f"{run_b}; the iterations present in both are {','.join(map(str, shared))}"
+            )
+    return [k for k in shared if k in only_iterations]
 
 
 def write_outputs(out_dir: Path, report: dict[str, Any], items: list[dict[str, Any]]) -> None:
@@ -317,6 +327,8 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"invalid --iterations {args.iterations!r}; write iteration numbers as 1,2,3"
             ) from None
+    # A bad --iterations value fails here, before a model judge is loaded.
+    shared_iterations(run_a, run_b, SOURCES[args.source], only)
     judge = make_judge(load_judge_config(run_a, run_b, args.judge_config, args.judge_overrides))
     out_dir = Path(args.out) if args.out else run_a / f"compare_vs_{run_name(run_b)}"
     try:

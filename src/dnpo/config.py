@@ -41,8 +41,9 @@ class TaskConfig(Section):
 
     def validate(self) -> None:
         super().validate()
-        if self.train_size < 1 or self.eval_size < 1:
-            raise ConfigError("task.train_size and task.eval_size must be >= 1")
+        for name in ("train_size", "eval_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"task.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.flawed_share <= 1:
             raise ConfigError(f"task.flawed_share must be in [0, 1], got {self.flawed_share}")
 
@@ -57,7 +58,11 @@ class LoopConfig(Section):
     iterations: int = option(4, "training rounds; iteration 0 is plain SPIN for every method")
     name: str = option("default", "run name: the run directory is output_dir/name")
     output_dir: str = option("runs", "parent folder of run directories")
-    seed: int = option(42, "global seed; the sections' own seeds are derived from it per iteration")
+    seed: int = option(
+        0,
+        "run seed: iteration k samples with generation.seed + 1000*seed + k and trains with "
+        "train.seed + 1000*seed + k, so runs that differ only in this seed are independent repeats",
+    )
     eval_max_new_tokens: int = option(128, "max new tokens of greedy held-out answers")
     report: bool = option(True, "write report.md and plots after every iteration")
     accelerate_config: str = option(
@@ -105,6 +110,10 @@ class RunConfig(Section):
         if iteration == 0 or not self.loop.uses_noise:
             return "spin"
         return self.train.mode
+
+    def iteration_seed(self, section_seed: int, iteration: int) -> int:
+        """Seed of one iteration's sampling or training, derived from the section's seed and the run seed."""
+        return section_seed + 1000 * self.loop.seed + iteration
 
     def judges(self, iteration: int) -> bool:
         return iteration > 0 and self.loop.uses_judge

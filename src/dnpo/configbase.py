@@ -223,7 +223,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(
+            f"config file {path} must hold a mapping at the top level, got "
+            f"{type(data).__name__}; write sections as top-level keys, e.g. `train:`"
+        )
     return data
 
 

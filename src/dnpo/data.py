@@ -183,6 +183,15 @@ def iter_rows(config: DataConfig, skips: Counter[str]) -> Iterator[tuple[tuple[s
         yield ("row_index", index), row
 
 
+def empty_local_file(path: str) -> bool:
+    """Return whether `path` is a local file with no bytes other than whitespace."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return False
+    size = file.stat().st_size
+    return size == 0 or (size < 4096 and not file.read_bytes().strip())
+
+
 def missing_local_file(path: str) -> bool:
     """Return whether `path` names a local file (by suffix or path form) that does not exist."""
     local = Path(path).suffix.lower() in LOCAL_SUFFIXES or path.startswith(("/", "./", "../", "~"))
@@ -228,9 +237,13 @@ def read_json_rows(path: Path, skips: Counter[str]) -> list[Any]:
 
 
 def read_parquet_rows(path: Path) -> list[Row]:
+    import pyarrow
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except pyarrow.ArrowException as error:
+        raise DataError(f"{path}: not a readable Parquet file: {error}") from None
 
 
 def load_hub_rows(config: DataConfig) -> Iterator[Row]:
@@ -240,6 +253,11 @@ def load_hub_rows(config: DataConfig) -> Iterator[Row]:
     try:
         dataset = datasets.load_dataset(config.path, config.subset or None, split=config.split)
     except FileNotFoundError:
+        if Path(config.path).is_dir():
+            raise DataError(
+                f"dataset folder {config.path} contains no data files; put JSONL, JSON or "
+                "Parquet files in it, or pass a file"
+            ) from None
         raise DataError(
             f"dataset {config.path!r} not found: no such local file and no such hub dataset"
         ) from None

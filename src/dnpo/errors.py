@@ -11,4 +11,15 @@ class JudgeError(RuntimeError):
     """A judge call failed in a way that cannot be retried."""
 
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, PermissionError, NotADirectoryError)
+class JudgeStageError(RuntimeError):
+    """Every item of a judge run failed; failures are not cached, so a rerun retries them."""
+
+
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    JudgeStageError,
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def check_inputs(config: RunConfig) -> str:
 
     A mistake found here leaves an existing run's files as they are.
     """
-    from dnpo.data import missing_local_file
+    from dnpo.data import empty_local_file, missing_local_file
 
     for name, data in (("data", config.data), ("eval_data", config.eval_data)):
         if not data.path:
@@ -82,10 +83,34 @@ def check_inputs(config: RunConfig) -> str:
             )
         if missing_local_file(data.path):
             raise ConfigError(f"{name}.path {data.path} not found; pass an existing file")
+        if empty_local_file(data.path):
+            raise ConfigError(f"{name}.path {data.path} is empty; pass a file with SFT rows")
+    check_accelerate(config.loop.accelerate_config)
+    if config.eval.lm_eval_tasks:
+        from dnpo.evaluation.lm_eval import require_harness
+
+        require_harness()
     model_path = resolve_model_path(config.model.name_or_path)
     require_safetensors(model_path)
     load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
     return model_path
+
+
+def check_accelerate(config_file: str) -> None:
+    """Check that `accelerate launch` can run with `config_file`; an empty value skips it."""
+    if not config_file:
+        return
+    if not Path(config_file).is_file():
+        raise ConfigError(
+            f"loop.accelerate_config {config_file} not found; pass an existing accelerate "
+            "config file, or set it to '' to train in this process"
+        )
+    if shutil.which("accelerate") is None:
+        raise ConfigError(
+            f"loop.accelerate_config is set to {config_file}, but the accelerate executable is "
+            "not on PATH; activate the environment where dnpo is installed, or set "
+            "loop.accelerate_config to '' to train in this process"
+        )
 
 
 def run_iteration(
@@ -101,6 +126,7 @@ def run_iteration(
     from dnpo.evaluation.cli import evaluate_run_iteration
     from dnpo.generation import generate_to_file, make_generator
     from dnpo.judges import judge_generations, make_judge
+    from dnpo.judges.runner import raise_if_all_failed
     from dnpo.labeling import label_to_files
 
     iter_dir = run_dir / f"iter_{iteration}"
@@ -116,7 +142,7 @@ def run_iteration(
         with manifest.stage("generate"):
             examples, skipped = load_sft_examples(train_data)
             manifest.update(data_skipped=skipped, prompts=len(examples))
-            generation_config = config.generation.replace(seed=config.generation.seed + iteration)
+            generation_config = config.generation.replace(seed=config.iteration_seed(config.generation.seed, iteration))
             generator = make_generator(generation_config, model_path, precision=config.model.precision,
                                        trust_remote_code=config.model.trust_remote_code)
             generate_to_file(generator, examples, generations)
@@ -135,6 +161,8 @@ def run_iteration(
                 close()
             del judge
             gc.collect()
+            # Training on all-SPIN fallback labels would hide a broken judge.
+            raise_if_all_failed(stats, judgments)
 
     # Label: the better answer is chosen; SPIN labels keep the human reference chosen.
     pairs = iter_dir / "pairs.jsonl"
@@ -152,7 +180,7 @@ def run_iteration(
     train_dir = iter_dir / "train"
     if not manifest.done("train"):
         with manifest.stage("train"):
-            train_config = config.train.replace(mode=mode, seed=config.train.seed + iteration)
+            train_config = config.train.replace(mode=mode, seed=config.iteration_seed(config.train.seed, iteration))
             head_init = noise_head if (config.train.noise_carry_over and mode == "dnpo") else None
             result = train_stage(config, pairs, model_path, train_dir, train_config, head_init)
             manifest.update(train_result=result.summary())
@@ -182,7 +210,7 @@ def iteration_manifest(config: RunConfig, iteration: int, model_path: str, mode:
         "start_model_sha256": checkpoint_checksum(model_path),
         "chat_template_sha256": text_hash(getattr(tokenizer, "chat_template", None)),
         "seed": config.loop.seed,
-        "generation": config.generation.replace(seed=config.generation.seed + iteration).to_dict(),
+        "generation": config.generation.replace(seed=config.iteration_seed(config.generation.seed, iteration)).to_dict(),
         "judge": {k: v for k, v in config.judge.to_dict().items() if k != "api_key_env"}
         | {"api_key_env": config.judge.api_key_env},
         "versions": package_versions(),
@@ -235,7 +263,7 @@ def summary_row(config: RunConfig, iter_dir: Path, iteration: int) -> dict[str, 
     seconds = sum(stage.get("seconds", 0.0) for stage in manifest["stages"].values())
     return {
         "iteration": iteration,
-        "method": config.loop.method if iteration > 0 else "spin",
+        "method": method_label(config, iteration),
         "accuracy": evaluation.get("accuracy"),
         "start_accuracy": evaluation.get("start_accuracy"),
         "generated_win_rate": labels.get("generated_win_rate") if config.judges(iteration) else None,
@@ -244,6 +272,15 @@ def summary_row(config: RunConfig, iter_dir: Path, iteration: int) -> dict[str, 
         "mean_noise_std": train_result.get("mean_noise_std"),
         "minutes": round(seconds / 60, 2),
     }
+
+
+def method_label(config: RunConfig, iteration: int) -> str:
+    """The method that trained this iteration: spin at iteration 0, fixed noise marked."""
+    if iteration == 0:
+        return "spin"
+    if config.train_mode(iteration) == "fixed-noise":
+        return f"{config.loop.method} (fixed noise)"
+    return config.loop.method
 
 
 def resolve_data(config: RunConfig, run_dir: Path) -> tuple[Any, Any]:

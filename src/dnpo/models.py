@@ -86,17 +86,23 @@ def prepare_default_model(target: str | Path | None = None) -> Path:
 def resolve_model_path(name_or_path: str) -> str:
     """Map `bundled:smollm2-135m-instruct` to its cached checkpoint; pass others through.
 
-    A name written as a local path (absolute, `./`, `../`, `~` or two or more slashes)
-    must exist, because the hub would reject it with a less helpful error.
+    A name that is not an existing path and cannot be a hub id (absolute, `./`, `../`,
+    `~`, two or more slashes, or characters that hub ids lack) raises ConfigError at
+    once, without contacting the hub.
     """
     if name_or_path == DEFAULT_MODEL:
         return str(prepare_default_model())
     if name_or_path.startswith("bundled:"):
         raise ConfigError(f"unknown bundled model {name_or_path!r}; the bundled model is {DEFAULT_MODEL}")
-    if looks_like_local_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        # transformers does not expand `~`; other paths stay as written.
+        return str(path) if name_or_path.startswith("~") else name_or_path
+    if looks_like_local_path(name_or_path) or not is_hub_id(name_or_path):
         raise ConfigError(
-            f"model {name_or_path} not found: no such folder; pass a checkpoint folder, "
-            f"a hub model name or {DEFAULT_MODEL} (model.name_or_path in a run config)"
+            f"model {name_or_path} not found: no such folder, and it is not a hub model id "
+            f"(namespace/name); pass a checkpoint folder or {DEFAULT_MODEL} "
+            "(model.name_or_path in a run config)"
         )
     return name_or_path
 
@@ -104,6 +110,41 @@ def resolve_model_path(name_or_path: str) -> str:
 def looks_like_local_path(name: str) -> bool:
     """Return whether a model name is a file-system path rather than a hub id `namespace/name`."""
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def is_hub_id(name: str) -> bool:
+    """Return whether `name` has the form of a hub repository id; checks no network."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def hub_offline() -> bool:
+    """Return whether huggingface_hub is set to skip the network (HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def model_load_error(part: str, name: str, error: OSError) -> ConfigError:
+    """Turn transformers' multi-line OSError for a model it cannot load into one line.
+
+    `part` names what failed to load, e.g. "a tokenizer".
+    """
+    lines = str(error).strip().splitlines()
+    reason = lines[0].rstrip(".") if lines else type(error).__name__
+    if hub_offline():
+        hub_hint = "HF_HUB_OFFLINE=1 is set, so only models already in the hub cache load"
+    else:
+        hub_hint = "set HF_HUB_OFFLINE=1 to skip the hub and load only cached models"
+    return ConfigError(
+        f"cannot load {part} from {name!r}: {reason}; pass a checkpoint folder, "
+        f"{DEFAULT_MODEL}, or a hub model id that is cached or reachable ({hub_hint})"
+    )
 
 
 def require_safetensors(path: str) -> None:
@@ -125,12 +166,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
         if isinstance(error, FileNotFoundError):
             raise
         # transformers reports a missing or unreachable hub model as a multi-line OSError.
-        lines = str(error).strip().splitlines()
-        reason = lines[0].rstrip(".") if lines else type(error).__name__
-        raise ConfigError(
-            f"cannot load a tokenizer from {path!r}: {reason}; pass a checkpoint folder, or a "
-            "hub model name that is cached or reachable"
-        ) from None
+        raise model_load_error("a tokenizer", path, error) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -144,12 +180,17 @@ def load_causal_lm(path: str, precision: str = "fp32", trust_remote_code: bool =
     if precision not in PRECISIONS:
         raise ConfigError(f"invalid precision {precision!r}; expected one of {list(PRECISIONS)}")
     require_safetensors(path)
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=getattr(torch, PRECISIONS[precision]),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=getattr(torch, PRECISIONS[precision]),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    except OSError as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise model_load_error("a model", path, error) from None
 
 
 def checkpoint_checksum(path: str | Path) -> str:

@@ -1,15 +1,21 @@
 import importlib.metadata
+import importlib.util
+import subprocess
+import sys
 
 import pytest
 
+from dnpo.config import RunConfig
 from dnpo.configbase import ConfigError
 from dnpo.evaluation.config import EvalConfig
 from dnpo.evaluation.lm_eval import (
     GSM8K_PROMPT,
     LOCAL_GSM8K_TASK,
     PAPER_COLUMNS,
+    check_registered,
     gsm8k_local_task,
     plan_tasks,
+    require_harness,
     summarize_results,
 )
 
@@ -32,10 +38,73 @@ def test_plan_paper_six_columns():
     }
 
 
-def test_plan_fixed_fewshot_unknown_task():
-    plan = plan_tasks(EvalConfig(lm_eval_tasks=["arc", "piqa"], lm_eval_num_fewshot=3))
+def test_plan_fixed_fewshot_harness_task():
+    plan = plan_tasks(EvalConfig(lm_eval_tasks=["arc", "harness:piqa"], lm_eval_num_fewshot=3))
     assert task_names(plan) == {3: ["arc_easy", "arc_challenge", "piqa"]}
     assert plan.columns["piqa"] == ["piqa"]
+
+
+def test_unknown_task_rejected_at_config_load():
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_dict({"eval": {"lm_eval_tasks": ["arc", "piqa"]}})
+    message = str(error.value)
+    assert "unknown task 'piqa'" in message
+    assert "eval.lm_eval_tasks" in message
+    for name in ("paper", "arc", "truthfulqa", "winogrande", "gsm8k", "hellaswag", "mmlu"):
+        assert f" {name}," in message, name
+    assert "gsm8k_local" in message
+    assert "harness:piqa" in message
+
+
+def test_misspelled_task_names_closest():
+    with pytest.raises(ConfigError, match="unknown task 'gms8k'.*closest valid name is gsm8k"):
+        EvalConfig(lm_eval_tasks=["gms8k"])
+
+
+def test_empty_harness_name_rejected():
+    with pytest.raises(ConfigError, match="'harness:' names no task"):
+        EvalConfig(lm_eval_tasks=["harness:"])
+
+
+def test_known_names_accepted():
+    config = EvalConfig(
+        lm_eval_tasks=["paper", "arc_easy", "truthfulqa_mc2", "harness:piqa", "gsm8k_local"],
+        gsm8k_path="test.jsonl",
+    )
+    assert config.lm_eval_tasks[3] == "harness:piqa"
+
+
+def test_config_load_does_not_import_harness():
+    code = (
+        "import sys\n"
+        "from dnpo.evaluation.config import EvalConfig\n"
+        "EvalConfig(lm_eval_tasks=['paper', 'harness:piqa'])\n"
+        "print('lm_eval' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+class FakeTaskManager:
+    all_tasks = ["arc_easy", "piqa", "pubmedqa"]
+
+
+def test_harness_name_checked_against_registry():
+    check_registered(FakeTaskManager(), ["arc", "harness:piqa"])
+    with pytest.raises(ConfigError, match="'harness:piqaa' is not a task.*close matches: piqa"):
+        check_registered(FakeTaskManager(), ["harness:piqaa"])
+
+
+def test_missing_harness_is_config_error(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "lm_eval" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ConfigError, match="lm-evaluation-harness is not installed"):
+        require_harness()
 
 
 def test_local_gsm8k_zero_shot_default(tmp_path):

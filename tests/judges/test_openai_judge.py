@@ -1,13 +1,16 @@
+import json
 import logging
 import sqlite3
 
 import pytest
 
+from dnpo.cli import main as cli_main
 from dnpo.configbase import ConfigError
+from dnpo.errors import JudgeStageError
 from dnpo.io import read_jsonl
-from dnpo.judges import JudgeConfig, load_template, make_judge, render_judge_prompt
+from dnpo.judges import JudgeConfig, load_template, make_judge, openai_judge, render_judge_prompt
 from dnpo.judges.openai_judge import OpenAIJudge
-from dnpo.judges.runner import failures_path, judge_generations
+from dnpo.judges.runner import failures_path, judge_generations, raise_if_all_failed
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
 
@@ -28,8 +31,6 @@ def make_config(server, tmp_path, **overrides):
 
 
 def write_generations(path, rows):
-    import json
-
     records = [
         {
             "id": item_id,
@@ -247,3 +248,96 @@ def test_unicode_round_trips_through_prompt_and_cache(chat_server, tmp_path, api
         ).fetchone()
     assert stored_response == response
     assert "🇫🇷 日本語" in stored_prompt
+
+
+def test_unset_key_for_remote_url_warns_once(monkeypatch, caplog, tmp_path):
+    monkeypatch.delenv("DNPO_UNSET_KEY", raising=False)
+    monkeypatch.setattr(openai_judge, "_WARNED_KEY_VARIABLES", set())
+    config = JudgeConfig(
+        type="openai",
+        model="m",
+        base_url="https://judge.example.invalid/v1",
+        api_key_env="DNPO_UNSET_KEY",
+    )
+    with caplog.at_level(logging.WARNING, logger="dnpo.judges.openai_judge"):
+        for _ in range(2):
+            OpenAIJudge(config, load_template()).close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "DNPO_UNSET_KEY is not set" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1"]
+)
+def test_unset_key_for_local_url_not_warned(monkeypatch, caplog, base_url):
+    monkeypatch.delenv("DNPO_UNSET_KEY", raising=False)
+    monkeypatch.setattr(openai_judge, "_WARNED_KEY_VARIABLES", set())
+    config = JudgeConfig(type="openai", model="m", base_url=base_url, api_key_env="DNPO_UNSET_KEY")
+    with caplog.at_level(logging.WARNING, logger="dnpo.judges.openai_judge"):
+        OpenAIJudge(config, load_template()).close()
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def judge_cli_args(server, tmp_path, generations):
+    return [
+        "judge",
+        "--generations",
+        str(generations),
+        "--output",
+        str(tmp_path / "judgments.jsonl"),
+        "--type",
+        "openai",
+        "--model",
+        "judge-test",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        "DNPO_TEST_JUDGE_KEY",
+        "--max-retries",
+        "0",
+        "--cache",
+        "false",
+    ]
+
+
+def test_cli_all_items_failed_exits_nonzero(chat_server, tmp_path, api_key, capsys):
+    generations = write_generations(
+        tmp_path / "generations.jsonl",
+        [(f"item{i}", f"ref {i} @@500@@", f"gen {i} @@500@@") for i in range(3)],
+    )
+    code = cli_main(judge_cli_args(chat_server, tmp_path, generations))
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code != 0
+    assert len(errors) == 1
+    err = errors[0]
+    assert err.startswith("dnpo judge: error: all 3 judged items failed")
+    assert "most common error kind is api (6 of 6 failed calls)" in err
+    assert "rerunning the same command retries them" in err
+    assert len(read_jsonl(failures_path(tmp_path / "judgments.jsonl"))) == 3
+
+
+def test_cli_some_items_failed_exits_zero(chat_server, tmp_path, api_key, capsys):
+    generations = write_generations(
+        tmp_path / "generations.jsonl",
+        [("bad", "ref @@500@@", "gen @@500@@"), ("good", "ref", "gen")],
+    )
+    code = cli_main(judge_cli_args(chat_server, tmp_path, generations))
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["failed_items"] == 1
+
+
+def test_all_failed_check_counts_earlier_runs():
+    stats = {"items": 3, "already_done": 2, "failed_items": 1, "failed_calls/parse": 1}
+    raise_if_all_failed(stats, "judgments.jsonl")
+    stats = {
+        "items": 3,
+        "already_done": 0,
+        "failed_items": 3,
+        "failed_calls": 5,
+        "failed_calls/parse": 1,
+        "failed_calls/timeout": 4,
+    }
+    with pytest.raises(JudgeStageError, match=r"kind is timeout \(4 of 5 failed calls\)"):
+        raise_if_all_failed(stats, "judgments.jsonl")
+    raise_if_all_failed({"items": 0, "already_done": 0, "failed_items": 0}, "judgments.jsonl")

@@ -48,13 +48,15 @@ class Case:
     """A command built from a context, and what it must do.
 
     `error` lists texts that the one-line error must contain (the value and the fix).
-    `check` receives the context and the command's stdout for a skip case.
+    `check` receives the context and the command's stdout for a skip case, and `code`
+    is that command's exit status: 2 for a `dnpo judge` call whose every item failed.
     """
 
     name: str
     build: Callable[[Context], list[str]]
     error: tuple[str, ...] = ()
     check: Callable[[Context, str], None] | None = None
+    code: int = 0
 
 
 # ---- inputs ----
@@ -637,21 +639,36 @@ CASES = [
         ),
         error=("environment variable DNPO_UNSET_KEY_VAR is not set", "export the API key"),
     ),
-    Case("judge reply above 100", judge_reply("Score: 150"), check=judge_failed("outside 0-100")),
-    Case("judge reply negative", judge_reply("Score: -5"), check=judge_failed("outside 0-100")),
     Case(
-        "judge reply decimal", judge_reply("Score: 7.5"), check=judge_failed("not a whole number")
+        "judge reply above 100",
+        judge_reply("Score: 150"),
+        check=judge_failed("outside 0-100"),
+        code=2,
+    ),
+    Case(
+        "judge reply negative",
+        judge_reply("Score: -5"),
+        check=judge_failed("outside 0-100"),
+        code=2,
+    ),
+    Case(
+        "judge reply decimal",
+        judge_reply("Score: 7.5"),
+        check=judge_failed("not a whole number"),
+        code=2,
     ),
     Case(
         "judge reply ten point scale",
         judge_reply("8/10"),
         check=judge_failed("not on the 0-100 scale"),
+        code=2,
     ),
-    Case("judge reply empty", judge_reply(""), check=judge_failed("no score found")),
+    Case("judge reply empty", judge_reply(""), check=judge_failed("no score found"), code=2),
     Case(
         "judge reply refusal",
         judge_reply("I cannot rate this answer."),
         check=judge_failed("no score found"),
+        code=2,
     ),
     Case(
         "judge reply quotes score 100",
@@ -776,7 +793,7 @@ def test_bad_input(case, finished_run, server, tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err
     assert snapshot(run_dir) == before
     if case.check is not None:
-        assert code == 0, err[-2000:]
+        assert code == case.code, err[-2000:]
         case.check(ctx, out)
         return
     assert code == 2

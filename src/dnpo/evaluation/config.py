@@ -30,7 +30,8 @@ class EvalConfig(Section):
     lm_eval_tasks: list[str] = option(
         [],
         "lm-evaluation-harness tasks: paper (all six), arc, truthfulqa, winogrande, gsm8k, "
-        "hellaswag, mmlu, gsm8k_local, or any harness task name; empty skips lm-eval",
+        "hellaswag, mmlu, gsm8k_local, or harness:NAME for any other harness task (checked "
+        "when lm-eval runs); empty skips lm-eval",
     )
     lm_eval_limit: int = option(0, "max items per lm-eval task; 0 runs every item")
     lm_eval_num_fewshot: int = option(
@@ -68,6 +69,10 @@ class EvalConfig(Section):
                 f"eval.lm_eval_num_fewshot must be >= 0, or -1 for task defaults, "
                 f"got {self.lm_eval_num_fewshot}"
             )
+        # Imported here because lm_eval.py imports this module.
+        from dnpo.evaluation.lm_eval import check_task_names
+
+        check_task_names(self.lm_eval_tasks)
         if "gsm8k_local" in self.lm_eval_tasks and not self.gsm8k_path:
             raise ConfigError(
                 "eval.lm_eval_tasks contains gsm8k_local but eval.gsm8k_path is empty; "

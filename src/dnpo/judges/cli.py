@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Judge the file and print the counts; exit nonzero when every judged item failed."""
     from dnpo.judges import judge_generations, make_judge
+    from dnpo.judges.runner import raise_if_all_failed
 
     if args.chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}")
@@ -40,4 +42,5 @@ def main(args: argparse.Namespace) -> int:
     finally:
         judge.close()
     print(json.dumps({"output": args.output, "judge": judge.identity, **stats}, indent=2))
+    raise_if_all_failed(stats, args.output)
     return 0

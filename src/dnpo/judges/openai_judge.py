@@ -11,12 +11,14 @@ out of every error message before the message is logged or stored.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -37,24 +39,52 @@ logger = logging.getLogger(__name__)
 # Local servers (vLLM, llama.cpp, Ollama) accept any key; the client requires one.
 PLACEHOLDER_KEY = "EMPTY"
 MAX_LOGGED_FAILURES = 20
+# Names of API-key variables already warned about as unset in this process.
+_WARNED_KEY_VARIABLES: set[str] = set()
 
 
 def read_api_key(config: JudgeConfig) -> str:
-    """Return the key from `config.api_key_env`; a local server without one gets a placeholder."""
+    """Return the key from `config.api_key_env`, or a placeholder when base_url is set.
+
+    Local servers often need no key. For any other base URL an unset variable is
+    logged as a warning, once per variable and process.
+    """
     key = os.environ.get(config.api_key_env, "")
     if key:
         return key
     if config.base_url:
-        logger.info(
-            "%s is not set; sending a placeholder API key to %s",
-            config.api_key_env,
-            config.base_url,
-        )
+        if is_local_url(config.base_url):
+            logger.info(
+                "%s is not set; sending a placeholder API key to the local server %s",
+                config.api_key_env,
+                config.base_url,
+            )
+        elif config.api_key_env not in _WARNED_KEY_VARIABLES:
+            _WARNED_KEY_VARIABLES.add(config.api_key_env)
+            logger.warning(
+                "Environment variable %s is not set; sending a placeholder API key to %s, "
+                "which rejects it unless the server needs no key. Export the key in %s or "
+                "name another variable with judge.api_key_env.",
+                config.api_key_env,
+                config.base_url,
+                config.api_key_env,
+            )
         return PLACEHOLDER_KEY
     raise ConfigError(
         f"environment variable {config.api_key_env} is not set; export the API key in it, name "
         "another variable with judge.api_key_env, or set judge.base_url to a local server"
     )
+
+
+def is_local_url(url: str) -> bool:
+    """Return whether `url` points at this machine: localhost or a loopback IP address."""
+    host = urlsplit(url if "://" in url else f"//{url}").hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class OpenAIJudge(Judge):

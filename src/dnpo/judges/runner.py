@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from dnpo.errors import DataError
+from dnpo.errors import DataError, JudgeStageError
 from dnpo.io import JsonlWriter, atomic_write_text, read_jsonl
 from dnpo.judges.base import Judge, JudgeResult
 
@@ -111,6 +111,33 @@ def judge_generations(
         )
     logger.info("Judged %d items with %s: %s", len(todo), judge.identity, summary)
     return summary
+
+
+def raise_if_all_failed(stats: dict[str, Any], output_path: str | Path) -> None:
+    """Raise JudgeStageError when no item of the generations file has a complete judgment.
+
+    `stats` are the counts `judge_generations` returns. An item judged by an earlier
+    run counts as complete, so a resumed run whose retried items fail again raises
+    nothing once any item was judged.
+    """
+    items = stats.get("items", 0)
+    failed = stats.get("failed_items", 0)
+    if items == 0 or failed < items:
+        return
+    kinds = Counter(
+        {
+            key.split("/", 1)[1]: count
+            for key, count in stats.items()
+            if key.startswith("failed_calls/")
+        }
+    )
+    kind, count = kinds.most_common(1)[0] if kinds else ("unknown", 0)
+    raise JudgeStageError(
+        f"all {failed} judged items failed; the most common error kind is {kind} "
+        f"({count} of {stats.get('failed_calls', 0)} failed calls). The failed items are "
+        f"listed in {failures_path(output_path)}. Failures are not cached, so rerunning the "
+        "same command retries them."
+    )
 
 
 def score_chunk(judge: Judge, rows: list[dict[str, Any]]) -> list[tuple[JudgeResult, JudgeResult]]:

@@ -37,7 +37,9 @@ def load_train_config(path: str | None) -> TrainConfig:
     data = read_yaml(path)
     if "train" in data:
         if not isinstance(data["train"], dict):
-            raise ConfigError(f"{path}: 'train' must be a mapping of TrainConfig fields")
+            raise ConfigError(
+                f"{path}: 'train' must be a mapping of TrainConfig fields, got {data['train']!r}"
+            )
         return TrainConfig.from_dict(data["train"], prefix="train.")
     return TrainConfig.from_dict(data, prefix="train.")
 

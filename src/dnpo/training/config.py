@@ -81,8 +81,9 @@ class TrainConfig(Section):
                 f"train.max_prompt_length ({self.max_prompt_length}) must be below "
                 f"train.max_length ({self.max_length}) to leave room for the completion"
             )
-        if self.learning_rate <= 0 or self.num_epochs <= 0:
-            raise ConfigError("train.learning_rate and train.num_epochs must be > 0")
+        for name in ("learning_rate", "num_epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.noise_learning_rate <= 0:
             raise ConfigError(f"train.noise_learning_rate must be > 0, got {self.noise_learning_rate}")
         if self.fixed_noise_variance <= 0:

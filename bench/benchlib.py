@@ -1,4 +1,4 @@
-"""Helpers shared by the bench scripts: contender timing in turn, machine and report lines."""
+"""Helpers shared by the bench scripts: contender timing in turn, peak RSS, machine and report lines."""
 
 from __future__ import annotations
 
@@ -105,3 +105,18 @@ def append_report(path: str | Path, report: str) -> None:
         path.write_text("# Benchmarks\n", encoding="utf-8")
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("\n" + report)
+
+
+def read_status_mb(field: str) -> float:
+    """Return a memory field (VmRSS, VmHWM) of /proc/self/status in MiB."""
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset the peak RSS (VmHWM) to the current RSS; Linux 4.0 or later."""
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as handle:
+        handle.write("5")

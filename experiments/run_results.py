@@ -23,13 +23,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# prctl option that sets the signal a child process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 
 METHODS = {
     "spin": ["loop.method=spin"],
@@ -84,11 +89,31 @@ def run_logged(command: list[str], log_path: Path, threads: int) -> float:
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
+                                   preexec_fn=stop_with_parent)
     minutes = (time.monotonic() - started) / 60
     if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with status {completed.returncode}; see {log_path}")
+        raise RuntimeError(
+            f"{' '.join(command)} exited with status {completed.returncode}: {last_line(log_path)} "
+            f"(full output in {log_path})"
+        )
     return minutes
+
+
+def stop_with_parent() -> None:
+    """Ask Linux to send SIGTERM to the child when this script dies, so a rerun finds no stale lock."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the child outlives a killed parent, and a rerun waits for its lock
+        pass
+
+
+def last_line(path: Path) -> str:
+    """Return the last non-empty line of a log, where `dnpo run` writes its one-line error."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else "(empty log)"
 
 
 def link_weights(source: str, target: str) -> None:
@@ -130,9 +155,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[str]:
     """Run iteration 0 once for this seed and return the methods to run next."""
     seed_dir = Path(args.out) / f"seed{seed}"
     base = seed_dir / "spin"
-    print(f"seed {seed}: iteration 0 (SPIN, shared by all methods)", flush=True)
-    minutes = run_logged(dnpo_command(args, seed, "spin", 1), seed_dir / "spin.log", args.threads)
-    print(f"seed {seed}: iteration 0 finished in {minutes:.1f} min", flush=True)
+    if not iteration_zero_done(base):
+        print(f"seed {seed}: iteration 0 (SPIN, shared by all methods)", flush=True)
+        minutes = run_logged(dnpo_command(args, seed, "spin", 1), seed_dir / "spin.log", args.threads)
+        print(f"seed {seed}: iteration 0 finished in {minutes:.1f} min", flush=True)
     if not iteration_zero_done(base):
         raise RuntimeError(f"iteration 0 of {base} is not finished; see {seed_dir / 'spin.log'}")
     return list(args.methods)

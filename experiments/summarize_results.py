@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -52,6 +53,8 @@ def find_runs(root: Path) -> dict[str, dict[int, Path]]:
     """Return {method: {seed: run_dir}} for every run with a summary."""
     runs: dict[str, dict[int, Path]] = {}
     for seed_dir in sorted(root.glob("seed*")):
+        if not re.fullmatch(r"seed\d+", seed_dir.name) or not seed_dir.is_dir():
+            continue
         seed = int(seed_dir.name.removeprefix("seed"))
         for run_dir in sorted(path for path in seed_dir.iterdir() if (path / "summary.json").is_file()):
             runs.setdefault(run_dir.name, {})[seed] = run_dir

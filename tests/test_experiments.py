@@ -105,3 +105,24 @@ def test_summarize_results_tables(tmp_path):
     # Compute counts the shared iteration 0 once per seed: spin 2 x 2 min, dnpo 2 x 1 min.
     assert "6.0 min of stage wall time" in text
     assert plot.stat().st_size > 0
+
+
+def test_rerun_skips_finished_iteration_zero(tmp_path, monkeypatch):
+    run_results = load_script("run_results")
+    manifest = tmp_path / "seed0" / "spin" / "iter_0" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    stages = {stage: {"status": "done"} for stage in ("generate", "label", "train", "evaluate")}
+    manifest.write_text(json.dumps({"stages": stages}))
+    calls = []
+    monkeypatch.setattr(run_results, "run_logged", lambda *args: calls.append(args) or 0.0)
+    args = run_results.parse_args(["--config", "c.yaml", "--out", str(tmp_path), "--methods", "dnpo"])
+
+    assert run_results.run_seed(args, 0) == ["dnpo"]
+    assert calls == []
+
+
+def test_failed_run_reports_last_log_line(tmp_path):
+    run_results = load_script("run_results")
+    command = [sys.executable, "-c", "import sys; print('working'); print('dnpo run: error: bad value'); sys.exit(2)"]
+    with pytest.raises(RuntimeError, match="status 2: dnpo run: error: bad value"):
+        run_results.run_logged(command, tmp_path / "run.log", threads=1)

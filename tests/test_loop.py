@@ -3,6 +3,7 @@ import json
 import socket
 
 import pytest
+import yaml
 
 from dnpo.cli import main as cli_main
 from dnpo.config import RunConfig
@@ -130,6 +131,15 @@ def test_changed_config_names_fields(finished_run):
     with pytest.raises(ConfigError, match=r"train\.beta: 0\.1 -> 0\.5.*--new-run"):
         run(changed)
     assert read_json(run_dir / "summary.json")["rows"]
+
+
+def test_fewer_iterations_rejected_and_summary_kept(finished_run):
+    config, run_dir, rows = finished_run
+    fewer = config.replace(loop={**config.loop.to_dict(), "iterations": 1})
+    with pytest.raises(ConfigError, match=r"loop\.iterations=2, got 1.*--iterations 2"):
+        run(fewer)
+    assert len(read_json(run_dir / "summary.json")["rows"]) == len(rows)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["loop"]["iterations"] == 2
 
 
 def test_new_run_flag_picks_free_name(finished_run, capsys):

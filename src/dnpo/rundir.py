@@ -104,6 +104,13 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
                 + "; ".join(differences)
                 + "); rerun with the original config to resume, or pass --new-run to start a new run"
             )
+        old_iterations = (old.get("loop") or {}).get("iterations", 0)
+        if config.loop.iterations < old_iterations:
+            raise ConfigError(
+                f"run {run_dir} has loop.iterations={old_iterations}, got {config.loop.iterations}; "
+                f"pass --iterations {old_iterations} or more to resume (iterations can only grow), "
+                "or --new-run to start a new run"
+            )
     remove_temporary_files(run_dir)
     atomic_write_text(config_path, yaml.safe_dump(new, sort_keys=False, allow_unicode=True))
     return run_dir, config

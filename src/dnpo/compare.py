@@ -9,7 +9,8 @@ are put in one list shuffled with a seeded RNG, so neither run is always scored
 first or in the same batch position. That matters for API judges whose behaviour
 drifts over a session and for batched local judges.
 
-Only prompts present in both runs with the same prompt messages are compared.
+Only prompts present in both runs with the same prompt messages are compared, and
+runs that share none raise ConfigError.
 A prompt where either score is missing counts as `failed`, not as a tie.
 """
 
@@ -122,6 +123,7 @@ def compare_runs(
         raise ValueError(f"invalid source {source!r}; expected one of {list(SOURCES)}")
     filename = SOURCES[source]
     shared = shared_iterations(run_a, run_b, filename, only_iterations)
+    check_comparable(run_a, run_b, filename, shared)
     name_a, name_b = run_name(run_a), run_name(run_b)
     if name_a == name_b:
         name_a, name_b = str(run_a), str(run_b)
@@ -159,6 +161,30 @@ def compare_runs(
         )
     write_outputs(Path(out_dir), report, items)
     return report
+
+
+def check_comparable(run_a: Path, run_b: Path, filename: str, shared: list[int]) -> None:
+    """Raise ConfigError when both paths are one run or the runs share no prompt.
+
+    A prompt is shared when, in some iteration of `shared`, both runs' `filename`
+    contains its id with the same prompt messages. Only shared prompts are judged.
+    """
+    if run_a.resolve() == run_b.resolve():
+        raise ConfigError(
+            f"{run_a} and {run_b} are the same run; pass two different run directories"
+        )
+    for k in shared:
+        ids, _ = paired_records(
+            generated_answers(iteration_dir(run_a, k) / filename),
+            generated_answers(iteration_dir(run_b, k) / filename),
+        )
+        if ids:
+            return
+    raise ConfigError(
+        f"runs {run_a} and {run_b} share no prompt in {filename} of iterations "
+        f"{','.join(map(str, shared))}; the two runs must answer the same prompts "
+        "(the same data, or the same task settings)"
+    )
 
 
 def shared_iterations(
@@ -327,8 +353,10 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"invalid --iterations {args.iterations!r}; write iteration numbers as 1,2,3"
             ) from None
-    # A bad --iterations value fails here, before a model judge is loaded.
-    shared_iterations(run_a, run_b, SOURCES[args.source], only)
+    # A bad --iterations value or runs without shared prompts fail here, before a
+    # model judge is loaded.
+    shared = shared_iterations(run_a, run_b, SOURCES[args.source], only)
+    check_comparable(run_a, run_b, SOURCES[args.source], shared)
     judge = make_judge(load_judge_config(run_a, run_b, args.judge_config, args.judge_overrides))
     out_dir = Path(args.out) if args.out else run_a / f"compare_vs_{run_name(run_b)}"
     try:

@@ -34,6 +34,8 @@ class ModelConfig(Section):
 
 @dataclass
 class TaskConfig(Section):
+    section_name = "task"
+
     train_size: int = option(32, "training prompts of the bundled arithmetic task")
     eval_size: int = option(48, "held-out problems of the bundled task (clean references)")
     flawed_share: float = option(0.3, "share of training references that are flawed")
@@ -103,6 +105,15 @@ class RunConfig(Section):
             raise ConfigError(
                 f"loop.method={self.loop.method} adds noise, so train.mode must be dnpo or "
                 f"fixed-noise, got {self.train.mode!r}"
+            )
+        # Methods without noise train plain SPIN regardless of train.mode (see train_mode),
+        # so any mode other than dnpo (the default) or spin would be ignored silently.
+        if not self.loop.uses_noise and self.train.mode in ("fixed-noise", "dpo"):
+            raise ConfigError(
+                f"train.mode={self.train.mode} has no effect with loop.method={self.loop.method}, "
+                "which trains plain SPIN without noise. Only the methods dnpo and spin+npo use "
+                "noise (train.mode dnpo or fixed-noise); remove the train.mode setting or "
+                "choose one of those methods"
             )
 
     def train_mode(self, iteration: int) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -112,11 +113,19 @@ def _type_name(tp: Any) -> str:
 class Section:
     """Base class of config sections."""
 
+    # Name of the section in a run config, used in messages when no prefix was given.
+    section_name: ClassVar[str] = ""
+
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Check value ranges; subclasses raise ConfigError naming the field."""
+        """Check value ranges; subclasses raise ConfigError naming the field.
+
+        Every float field must be finite. NaN and infinity are rejected here, before a
+        subclass compares them, because every comparison with NaN is false and so NaN
+        would pass range checks such as `if value <= 0: raise`.
+        """
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
@@ -127,11 +136,18 @@ class Section:
                     f"expected one of {list(choices)}"
                 )
             tp = hints[f.name]
+            if _is_optional(tp)[1] is float and isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{self._field_name(f.name)} must be a finite number, got {value}")
             if isinstance(tp, type) and issubclass(tp, Section) and isinstance(value, dict):
                 setattr(self, f.name, tp.from_dict(value, prefix=f"{f.name}."))
 
     def _prefix(self) -> str:
         return getattr(self, "_config_prefix", "")
+
+    def _field_name(self, name: str) -> str:
+        """Return `section.field` for messages, from the load prefix or `section_name`."""
+        prefix = self._prefix() or (f"{self.section_name}." if self.section_name else "")
+        return f"{prefix}{name}"
 
     @classmethod
     def from_dict(cls: type[S], data: dict[str, Any] | None, prefix: str = "") -> S:

@@ -25,7 +25,8 @@ from typing import Any
 
 from dnpo.configbase import ConfigError
 from dnpo.io import atomic_write_json, atomic_write_text
-from dnpo.judges.runner import SIDES, error_kind, load_judgments, read_records
+from dnpo.judges.runner import SIDES, error_kind, load_judgments, read_generations
+from dnpo.outputs import check_output_location
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ def label_to_files(
         raise FileNotFoundError(
             f"generations file {generations_path} not found; run `dnpo generate` first"
         )
-    generations = read_records(generations_path, "generations file")
+    generations = read_generations(generations_path)
     judgments = None
     if judgments_path is not None:
         if not Path(judgments_path).is_file():
@@ -251,11 +252,21 @@ def label_to_files(
     atomic_write_json(output_dir / "labels.json", stats)
     if not pairs:
         logger.warning("No pairs for iteration %d; labels.json lists the skip counts", iteration)
-    if stats["judge_failed"]:
+    missing = stats["judgment_missing"]
+    failed = stats["judge_failed"] - missing
+    if missing:
         logger.warning(
-            "%d prompts had a failed judge call (on_judge_failure=%s)",
-            stats["judge_failed"],
+            "%d of %d prompts have no judgment in %s, so they were labeled without the judge "
+            "(on_judge_failure=%s); run `dnpo judge` on %s to judge them",
+            missing,
+            len(generations),
+            judgments_path,
             on_judge_failure,
+            generations_path,
+        )
+    if failed:
+        logger.warning(
+            "%d prompts had a failed judge call (on_judge_failure=%s)", failed, on_judge_failure
         )
     logger.info(
         "Wrote %d pairs to %s (generated win rate %s)",
@@ -295,6 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.iteration < 0:
         raise ConfigError(f"--iteration must be >= 0, got {args.iteration}")
+    check_output_location(args.output_dir, "--output-dir", folder=True)
     stats = label_to_files(
         args.generations, args.judgments, args.iteration, args.output_dir, args.on_judge_failure
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -41,11 +42,12 @@ from dnpo.rundir import (
     git_commit,
     open_run_dir,
     package_versions,
-    text_hash,
     write_summary,
 )
 
 logger = logging.getLogger(__name__)
+
+STAGES = ("generate", "judge", "label", "train", "evaluate")
 
 
 def run(config: RunConfig, new_run: bool = False) -> tuple[Path, list[dict[str, Any]]]:
@@ -135,6 +137,8 @@ def run_iteration(
     manifest = Manifest(iter_dir / "manifest.json", iteration_manifest(config, iteration, model_path, mode))
     started = time.monotonic()
     logger.info("Iteration %d (%s, train mode %s) starts from %s", iteration, config.loop.method, mode, model_path)
+    logger.info("Iteration %d: stages already done, skipped: %s",
+                iteration, ", ".join(done_stages(manifest)) or "none")
 
     # Generate: M_k samples an answer for every training prompt.
     generations = iter_dir / "generations.jsonl"
@@ -199,6 +203,11 @@ def run_iteration(
     return summary_row(config, iter_dir, iteration), next_model, next_noise
 
 
+def done_stages(manifest: Manifest) -> list[str]:
+    """Return the stages that an iteration's manifest marks done, in run order."""
+    return [stage for stage in STAGES if manifest.done(stage)]
+
+
 def iteration_manifest(config: RunConfig, iteration: int, model_path: str, mode: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
     return {
@@ -208,7 +217,9 @@ def iteration_manifest(config: RunConfig, iteration: int, model_path: str, mode:
         "judged": config.judges(iteration),
         "start_model": model_path,
         "start_model_sha256": checkpoint_checksum(model_path),
-        "chat_template_sha256": text_hash(getattr(tokenizer, "chat_template", None)),
+        "chat_template_sha256": hashlib.sha256(
+            (getattr(tokenizer, "chat_template", None) or "").encode("utf-8")
+        ).hexdigest(),
         "seed": config.loop.seed,
         "generation": config.generation.replace(seed=config.iteration_seed(config.generation.seed, iteration)).to_dict(),
         "judge": {k: v for k, v in config.judge.to_dict().items() if k != "api_key_env"}
@@ -267,6 +278,8 @@ def summary_row(config: RunConfig, iter_dir: Path, iteration: int) -> dict[str, 
         "accuracy": evaluation.get("accuracy"),
         "start_accuracy": evaluation.get("start_accuracy"),
         "generated_win_rate": labels.get("generated_win_rate") if config.judges(iteration) else None,
+        # Prompts whose judgment failed or is missing; they got the SPIN label or were dropped.
+        "judge_failed": labels.get("judge_failed") if config.judges(iteration) else None,
         "pairs": labels.get("pairs"),
         "mean_margin": train_result.get("mean_margin"),
         "mean_noise_std": train_result.get("mean_noise_std"),

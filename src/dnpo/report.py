@@ -15,6 +15,7 @@ from typing import Any
 
 from dnpo.evaluation import plots
 from dnpo.evaluation.lm_eval import PAPER_COLUMNS
+from dnpo.evaluation.metrics import stagnation_verdict
 from dnpo.evaluation.runfiles import (
     check_run_dir,
     eval_record,
@@ -215,16 +216,49 @@ def _judge_section(run_dir: Path, found: list[int], evals: dict[int, dict]) -> s
     return f"{title}\n\n{_image(run_dir, path, 'judge score per iteration')}\n\n{table}"
 
 
+def _judge_failure_line(run_dir: Path, found: list[int]) -> str:
+    """Return a line with the failed judge calls of each judged iteration, from labels.json.
+
+    The win rates count only prompts whose two judge calls succeeded, so failures
+    are listed next to them. Returns "" when no iteration was judged.
+    """
+    parts = []
+    for k in found:
+        labels = load_json(iteration_dir(run_dir, k) / "labels.json") or {}
+        usage = labels.get("judge")
+        if not labels.get("judged_labels") or not isinstance(usage, dict):
+            continue
+        part = f"iter {k}: {usage.get('failed_calls', 0)} of {usage.get('calls', 0)} calls failed"
+        if labels.get("judge_failed"):
+            part += (
+                f", {labels['judge_failed']} of {labels.get('generations', '?')} prompts labeled "
+                f"without the judge ({labels.get('judgment_missing', 0)} of them had no "
+                f"judgment), on_judge_failure={labels.get('on_judge_failure')}"
+            )
+        parts.append(part)
+    if not parts:
+        return ""
+    return "Judge failures per iteration: " + "; ".join(parts) + "."
+
+
 def _win_rate_section(run_dir: Path, found: list[int], evals: dict[int, dict]) -> str:
     title = "## Generated vs human reference"
+    failures = _judge_failure_line(run_dir, found)
     judges = _judge_summaries(run_dir, found, evals)
+    # labels.json, the fallback when eval.json has no judge summary, names the tie rate tie_rate.
     rows = [
-        (k, j.get("generated_win_rate"), j.get("generated_tie_rate"), j.get("generated_loss_rate"))
+        (
+            k,
+            j.get("generated_win_rate"),
+            j.get("generated_tie_rate", j.get("tie_rate")),
+            j.get("generated_loss_rate"),
+        )
         for k, j in judges.items()
     ]
     rows = [row for row in rows if None not in row]
     if not rows:
-        return f"{title}\n\n" + _not_available("no judged iteration yet")
+        body = _not_available("no judged iteration yet")
+        return f"{title}\n\n{body}" + (f"\n\n{failures}" if failures else "")
     path = plots.plot_win_tie_loss(
         [(f"iter {k}", w, t, lo) for k, w, t, lo in rows],
         "Generated answer vs human reference (judge)",
@@ -234,7 +268,8 @@ def _win_rate_section(run_dir: Path, found: list[int], evals: dict[int, dict]) -
     table = _table(
         ["Iteration", "Generated wins", "Ties", "Reference wins"], [list(r) for r in rows]
     )
-    return f"{title}\n\n{_image(run_dir, path, 'generated vs reference')}\n\n{table}"
+    body = f"{title}\n\n{_image(run_dir, path, 'generated vs reference')}\n\n{table}"
+    return body + (f"\n\n{failures}" if failures else "")
 
 
 def _similarity_section(found: list[int], evals: dict[int, dict]) -> str:
@@ -299,7 +334,7 @@ def _logp_section(run_dir: Path, found: list[int], evals: dict[int, dict]) -> st
                     stagnation.get("critical_value_5pct"),
                     stagnation.get("threshold"),
                     stagnation.get("standardized_mean_shift"),
-                    "yes" if stagnation.get("stagnant") else "no",
+                    stagnation_verdict(stagnation),
                 ]
             )
     if not panels:
@@ -309,7 +344,9 @@ def _logp_section(run_dir: Path, found: list[int], evals: dict[int, dict]) -> st
     if stagnation_rows:
         body += (
             "\n\nStagnation check: Kolmogorov-Smirnov distance between the two iterations' "
-            "generation log-probs under the same model; below the threshold is stagnant.\n\n"
+            "generation log-probs under the same model; below the threshold is stagnant. "
+            "It is inconclusive when the 5% noise level is above the threshold, because "
+            "there are too few generations to tell stagnation from sampling noise.\n\n"
         )
         body += _table(
             [

@@ -40,6 +40,7 @@ SUMMARY_COLUMNS = [
     ("method", "method"),
     ("accuracy", "held-out accuracy"),
     ("generated_win_rate", "generated-win rate"),
+    ("judge_failed", "judge failures"),
     ("pairs", "pairs used"),
     ("mean_margin", "mean margin"),
     ("mean_noise_std", "mean noise std"),

@@ -50,6 +50,8 @@ def test_generate_judge_label_commands(tmp_path, shared_dir, capsys):
             str(generations),
             "--max-new-tokens",
             "12",
+            "--temperature",
+            "0.8",
         ]
     )
     assert code == 0

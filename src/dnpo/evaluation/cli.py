@@ -18,7 +18,7 @@ from typing import Any
 
 from dnpo.configbase import ConfigError, add_section_arguments, section_from_args
 from dnpo.errors import DataError
-from dnpo.evaluation import pieces
+from dnpo.evaluation import metrics, pieces
 from dnpo.evaluation.config import EvalConfig
 from dnpo.evaluation.runfiles import (
     check_run_dir,
@@ -225,7 +225,8 @@ def _summary_line(result: dict[str, Any]) -> str:
         parts.append(f"BLEU {similarity['bleu']:.2f}")
     stagnation = result.get("stagnation") or {}
     if stagnation.get("distance") is not None:
-        flag = " (stagnant)" if stagnation.get("stagnant") else ""
+        verdict = metrics.stagnation_verdict(stagnation)
+        flag = {"yes": " (stagnant)", "inconclusive": " (stagnation inconclusive)"}.get(verdict, "")
         parts.append(f"log-prob KS distance {stagnation['distance']:.3f}{flag}")
     lm_eval = result.get("lm_eval") or {}
     if lm_eval.get("average") is not None:

@@ -13,6 +13,8 @@ from dnpo.configbase import ConfigError, Section, option
 
 @dataclass
 class EvalConfig(Section):
+    section_name = "eval"
+
     logps_batch_size: int = option(8, "sequences per forward pass when scoring log-probs")
     next_generation_logps: bool = option(
         True, "score each iteration's generations under the previous model (stagnation check)"

@@ -376,7 +376,7 @@ def _chat_template_hash(lm: Any, applied: bool) -> str | None:
     template = getattr(getattr(lm, "tokenizer", None), "chat_template", None)
     if not applied or not isinstance(template, str):
         return None
-    return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()
 
 
 def _json_safe(value: Any) -> Any:

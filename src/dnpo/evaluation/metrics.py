@@ -206,6 +206,19 @@ def stagnation(
     }
 
 
+def stagnation_verdict(result: dict[str, Any]) -> str:
+    """Return "yes", "no" or "inconclusive" for a `stagnation` result.
+
+    When `critical_value_5pct` exceeds the threshold, two samples of these sizes from
+    one distribution often differ by more than the threshold. Then no distance
+    separates stagnation from sampling noise, so the verdict is "inconclusive".
+    """
+    critical, threshold = result.get("critical_value_5pct"), result.get("threshold")
+    if critical is not None and threshold is not None and critical > threshold:
+        return "inconclusive"
+    return "yes" if result.get("stagnant") else "no"
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 

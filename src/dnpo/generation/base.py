@@ -22,11 +22,14 @@ from tqdm.auto import tqdm
 
 from dnpo.generation.config import GenerationConfig
 from dnpo.io import JsonlWriter
+from dnpo.outputs import check_output_settings
 
 logger = logging.getLogger(__name__)
 
 Example = dict[str, Any]
 FINISH_REASONS = ("stop", "length")
+# GenerationConfig fields that change the generated text; batch and memory sizes do not.
+SETTINGS_FIELDS = ("backend", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "precision")
 
 
 @dataclass
@@ -81,15 +84,30 @@ def generation_record(example: Example, generation: Generation) -> dict[str, Any
     }
 
 
+def generation_settings(config: GenerationConfig, model_path: str) -> dict[str, Any]:
+    """Return the model and sampling settings that decide a generations file's records."""
+    settings: dict[str, Any] = {"model": model_path}
+    for name in SETTINGS_FIELDS:
+        settings[f"generation.{name}"] = getattr(config, name)
+    return settings
+
+
 def generate_to_file(
-    generator: Generator, examples: list[Example], path: str | Path
+    generator: Generator,
+    examples: list[Example],
+    path: str | Path,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate answers for the examples whose ids are not yet in `path`, appending records.
 
     Each batch is written and flushed as soon as it is done, so a rerun after a crash
-    repeats at most one batch. Returns counts, token totals and throughput.
+    repeats at most one batch. With `settings` (see `generation_settings`), a file
+    written with other settings raises ConfigError instead of being resumed. Returns
+    counts, token totals and throughput.
     """
     path = Path(path)
+    if settings is not None:
+        check_output_settings(path, settings)
     with JsonlWriter(path) as writer:
         todo, seen = [], set(writer.done)
         for example in examples:

@@ -9,6 +9,8 @@ from dnpo.configbase import ConfigError, Section, option
 
 @dataclass
 class GenerationConfig(Section):
+    section_name = "generation"
+
     backend: str = option("hf", "generation backend: hf (transformers) or vllm", ("hf", "vllm"))
     max_new_tokens: int = option(256, "max tokens generated per answer")
     temperature: float = option(0.7, "sampling temperature; 0 decodes greedily")

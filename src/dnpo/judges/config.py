@@ -11,6 +11,8 @@ JUDGE_TYPES = ("verifier", "openai", "hf", "reward-model")
 
 @dataclass
 class JudgeConfig(Section):
+    section_name = "judge"
+
     type: str = option("verifier", "judge: verifier, openai, hf or reward-model", JUDGE_TYPES)
     model: str = option(
         "", "judge model: API model name (openai) or path/hub name (hf, reward-model)"

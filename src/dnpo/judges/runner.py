@@ -9,6 +9,7 @@ cache on, the side that succeeded is not sent again. `load_judgments` merges bot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -20,11 +21,15 @@ from tqdm.auto import tqdm
 
 from dnpo.errors import DataError, JudgeStageError
 from dnpo.io import JsonlWriter, atomic_write_text, read_jsonl
-from dnpo.judges.base import Judge, JudgeResult
+from dnpo.judges.base import Judge, JudgeResult, load_template
+from dnpo.judges.config import JudgeConfig
+from dnpo.outputs import check_output_settings
 
 logger = logging.getLogger(__name__)
 
 SIDES = ("reference", "generated")
+# Keys of a generations.jsonl record that judging and labeling read.
+GENERATION_FIELDS = ("id", "prompt", "reference", "generated")
 
 
 def failures_path(output_path: str | Path) -> Path:
@@ -40,28 +45,82 @@ def read_records(path: str | Path, description: str) -> list[dict[str, Any]]:
         raise DataError(f"{description} {path} is unreadable: {error}") from None
 
 
+def require_fields(
+    rows: list[Any], fields: tuple[str, ...], path: str | Path, description: str
+) -> None:
+    """Raise DataError naming the first record of `path` that is not a mapping with `fields`."""
+    for number, row in enumerate(rows, start=1):
+        missing = [field for field in fields if field not in row] if isinstance(row, dict) else fields
+        if missing:
+            raise DataError(
+                f"{description} {path}: record {number} lacks {', '.join(missing)}; each record "
+                f"needs the keys {', '.join(fields)}. Pass a file written by the matching dnpo command"
+            )
+
+
+def read_generations(path: str | Path) -> list[dict[str, Any]]:
+    """Read a generations.jsonl file, raising DataError for a record without the needed keys."""
+    rows = read_records(path, "generations file")
+    require_fields(rows, GENERATION_FIELDS, path, "generations file")
+    return rows
+
+
 def load_judgments(path: str | Path) -> dict[str, dict[str, Any]]:
     """Return judgment records by id: complete ones, then failed ones for the other ids."""
-    records = {row["id"]: row for row in read_records(path, "judgments file")}
-    for row in read_records(failures_path(path), "judgment failures file"):
+    complete = read_records(path, "judgments file")
+    require_fields(complete, ("id",), path, "judgments file")
+    failed = read_records(failures_path(path), "judgment failures file")
+    require_fields(failed, ("id",), failures_path(path), "judgment failures file")
+    records = {row["id"]: row for row in complete}
+    for row in failed:
         records.setdefault(row["id"], row)
     return records
 
 
+def judge_settings(config: JudgeConfig) -> dict[str, Any]:
+    """Return the judge settings that decide a judgments file's scores, by judge type."""
+    fields = {
+        "verifier": (),
+        "openai": ("base_url", "model", "max_new_tokens"),
+        "hf": ("model", "max_new_tokens", "precision"),
+        "reward-model": ("model", "reward_scale", "precision"),
+    }[config.type]
+    settings: dict[str, Any] = {"judge.type": config.type}
+    for name in fields:
+        settings[f"judge.{name}"] = getattr(config, name)
+    if config.type in ("openai", "hf"):
+        template = load_template(config.template_file)
+        settings["judge.template_sha256"] = hashlib.sha256(template.encode("utf-8")).hexdigest()
+    return settings
+
+
 def judge_generations(
-    judge: Judge, generations_path: str | Path, output_path: str | Path, batch_size: int = 64
+    judge: Judge,
+    generations_path: str | Path,
+    output_path: str | Path,
+    batch_size: int = 64,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the reference and the generated answer of every record not yet judged.
 
     `batch_size` items (2 * batch_size answers) go to the judge per call, and their
-    records are written before the next call. Returns counts for this run.
+    records are written before the next call. With `settings` (see `judge_settings`),
+    an output written with other settings raises ConfigError instead of being resumed.
+    Returns counts for this run.
     """
     generations_path, output_path = Path(generations_path), Path(output_path)
     if not generations_path.is_file():
         raise FileNotFoundError(
             f"generations file {generations_path} not found; run `dnpo generate` first"
         )
-    generations = read_records(generations_path, "generations file")
+    generations = read_generations(generations_path)
+    if not generations:
+        raise DataError(
+            f"generations file {generations_path} has no records; pass the output of "
+            "`dnpo generate`"
+        )
+    if settings is not None:
+        check_output_settings(output_path, settings)
     if judge.needs_gold_answer and not any(
         row.get("gold_answer") is not None for row in generations
     ):

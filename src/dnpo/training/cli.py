@@ -45,9 +45,15 @@ def load_train_config(path: str | None) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from dnpo.outputs import check_output_location
     from dnpo.training.api import train
+    from dnpo.training.noise import read_noise_head_file
 
     config = section_from_args(TrainConfig, args, load_train_config(args.config))
+    # Output and noise head mistakes stop here, before the model is loaded.
+    check_output_location(args.output, folder=True)
+    if args.noise_head_init:
+        read_noise_head_file(args.noise_head_init)
     result = train(
         args.pairs,
         args.model,

@@ -11,6 +11,8 @@ MODES = ("dnpo", "fixed-noise", "spin", "dpo")
 
 @dataclass
 class TrainConfig(Section):
+    section_name = "train"
+
     mode: str = option("dnpo", "loss mode: dnpo (trainable noise), fixed-noise, spin or dpo (no noise)", MODES)
     beta: float = option(0.1, "lambda in the NPO loss (beta in TRL): scale of the log-ratio margin")
     alpha: float = option(0.01, "weight of the mean noise variance penalty")

@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from dnpo.errors import DataError
 
 NOISE_HEAD_FILE = "noise_head.safetensors"
 
@@ -65,16 +68,30 @@ def save_noise_head(state_dict: dict[str, torch.Tensor], path: str | Path) -> Pa
     return path
 
 
-def load_noise_head_state(path: str | Path, hidden_size: int, vocab_size: int) -> dict[str, torch.Tensor]:
-    """Read a noise head file and check that its shape fits the model."""
+def read_noise_head_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the weight and bias of a noise head file; raise DataError for any other file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"noise head file not found: {path}")
-    state = load_file(str(path))
+        raise FileNotFoundError(
+            f"noise head file not found: {path}; pass the {NOISE_HEAD_FILE} of a dnpo training run"
+        )
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise DataError(
+            f"noise head file {path} is not a readable safetensors file ({error}); pass the "
+            f"{NOISE_HEAD_FILE} of a dnpo training run"
+        ) from None
     if set(state) != {"weight", "bias"}:
-        raise ValueError(f"{path} is not a noise head file: tensors {sorted(state)}, expected weight and bias")
+        raise DataError(f"{path} is not a noise head file: tensors {sorted(state)}, expected weight and bias")
+    return state
+
+
+def load_noise_head_state(path: str | Path, hidden_size: int, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Read a noise head file and check that its shape fits the model."""
+    state = read_noise_head_file(path)
     if tuple(state["weight"].shape) != (vocab_size, hidden_size):
-        raise ValueError(
+        raise DataError(
             f"noise head {path} has shape {tuple(state['weight'].shape)}, but the model needs "
             f"({vocab_size}, {hidden_size}); start without it or use the head of the same model family"
         )

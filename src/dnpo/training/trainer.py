@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
+from transformers import (
+    PrinterCallback,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    get_scheduler,
+)
 
 from dnpo.io import JsonlWriter, atomic_write_json, read_jsonl
 from dnpo.training.checkpoint import load_checkpoint, save_checkpoint
@@ -147,6 +153,51 @@ class NPOTrainer(Trainer):
             )
         return self.optimizer
 
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> Any:
+        """Build the learning-rate schedule with a warmup shorter than the whole run.
+
+        Trainer's warmup of ceil(warmup_ratio * steps) covers every step of a 1-step
+        run, and a linear warmup starts at lr 0, so such a run would leave the weights
+        unchanged. The warmup is cut to `num_training_steps - 1` steps.
+        """
+        if self.lr_scheduler is not None:
+            return self.lr_scheduler
+        requested = self.args.get_warmup_steps(num_training_steps)
+        warmup_steps = capped_warmup_steps(requested, num_training_steps)
+        if num_training_steps < 2:
+            logger.warning(
+                "Training runs only %d optimizer step (%d pairs, batch size %d x %d gradient "
+                "accumulation steps x %d processes, %s epochs); warmup cut from %d to %d "
+                "steps. Raise num_epochs or max_steps, or lower per_device_batch_size, "
+                "for more steps.",
+                num_training_steps,
+                len(self.train_dataset) if self.train_dataset is not None else 0,
+                self.args.per_device_train_batch_size,
+                self.args.gradient_accumulation_steps,
+                self.args.world_size,
+                self.train_config.num_epochs,
+                requested,
+                warmup_steps,
+            )
+        elif warmup_steps < requested:
+            logger.warning(
+                "Warmup of %d steps would cover all %d optimizer steps, so it is cut to %d steps",
+                requested,
+                num_training_steps,
+                warmup_steps,
+            )
+        self.lr_scheduler = get_scheduler(
+            self.args.lr_scheduler_type,
+            optimizer=optimizer if optimizer is not None else self.optimizer,
+            num_warmup_steps=warmup_steps,
+            num_training_steps=num_training_steps,
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
     def _base_optimizer(self) -> Any:
         optimizer = self.optimizer
         while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "skip_next_step"):
@@ -268,6 +319,11 @@ class NPOTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         load_checkpoint(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+
+def capped_warmup_steps(warmup_steps: int, num_training_steps: int) -> int:
+    """Return `warmup_steps`, at most `num_training_steps - 1`, so that some step has lr > 0."""
+    return max(0, min(warmup_steps, num_training_steps - 1))
 
 
 def load_partial_ref_logps(output_dir: Path) -> dict[str, tuple[float, float]]:

@@ -1,0 +1,78 @@
+import json
+import logging
+
+import pytest
+
+from dnpo.cli import main
+from dnpo.errors import DataError
+from dnpo.labeling import label_to_files
+
+
+def generation(i, **changes):
+    row = {"id": f"p{i}", "prompt": [{"role": "user", "content": f"{i}+{i}?"}],
+           "reference": f"{2 * i}", "generated": f"maybe {i}", "finish_reason": "stop"}
+    row.update(changes)
+    return row
+
+
+def side(score, error=None):
+    return {"score": score, "raw": "", "error": error}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_empty_judgments_reported_as_missing(tmp_path, caplog):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1), generation(2)])
+    judgments = write_jsonl(tmp_path / "judgments.jsonl", [])
+    with caplog.at_level(logging.WARNING, logger="dnpo.labeling"):
+        stats = label_to_files(generations, judgments, 1, tmp_path / "out")
+    assert stats["judgment_missing"] == 2
+    messages = warnings(caplog)
+    assert any(m.startswith(f"2 of 2 prompts have no judgment in {judgments}") for m in messages)
+    assert not any("failed judge call" in m for m in messages)
+
+
+def test_failed_and_missing_counted_apart(tmp_path, caplog):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(i) for i in range(3)])
+    judgments = write_jsonl(tmp_path / "judgments.jsonl", [
+        {"id": "p0", "reference": side(90), "generated": side(10)},
+        {"id": "p1", "reference": side(90), "generated": side(None, "timeout: no reply")},
+    ])
+    with caplog.at_level(logging.WARNING, logger="dnpo.labeling"):
+        label_to_files(generations, judgments, 1, tmp_path / "out")
+    messages = warnings(caplog)
+    assert any(m.startswith("1 of 3 prompts have no judgment") for m in messages)
+    assert "1 prompts had a failed judge call (on_judge_failure=spin)" in messages
+
+
+def test_judgment_without_id_names_file(tmp_path):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1)])
+    judgments = write_jsonl(tmp_path / "judgments.jsonl", [{"reference": side(1)}])
+    with pytest.raises(DataError, match=f"judgments file {judgments}: record 1 lacks id"):
+        label_to_files(generations, judgments, 1, tmp_path / "out")
+
+
+def test_generation_without_generated_names_file(tmp_path):
+    row = generation(2)
+    del row["generated"]
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1), row])
+    with pytest.raises(DataError, match=f"generations file {generations}: record 2 lacks generated"):
+        label_to_files(generations, None, 0, tmp_path / "out")
+
+
+def test_label_cli_bad_judgments_one_line(tmp_path, capsys):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1)])
+    judgments = write_jsonl(tmp_path / "judgments.jsonl", [{"score": 3}])
+    code = main(["label", "--generations", str(generations), "--judgments", str(judgments),
+                 "--iteration", "1", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "record 1 lacks id" in err
+    assert len(err.strip().splitlines()) == 1

@@ -89,17 +89,17 @@ def accuracy_table(runs: dict[str, dict[int, Path]]) -> tuple[str, dict[str, dic
             if method == "spin" and rows.get(0, {}).get("start_accuracy") is not None:
                 start.append(rows[0]["start_accuracy"])
     iterations = sorted({k for per_method in accuracy.values() for k in per_method})
-    header = "| method | " + " | ".join(f"after iter {k}" for k in iterations) + " |"
-    lines = [header, "|---" * (len(iterations) + 1) + "|"]
-    if start:
-        lines.append(f"| start model (M_0) | {spread(start)} |" + " |" * (len(iterations) - 1))
+    start_cell = spread(start) if start else "-"
+    header = "| method | start model (M_0) | " + " | ".join(f"after iter {k}" for k in iterations) + " |"
+    lines = [header, "|---" * (len(iterations) + 2) + "|"]
     for method, per_iteration in accuracy.items():
         cells = [spread(per_iteration[k]) if k in per_iteration else "-" for k in iterations]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | {start_cell} | " + " | ".join(cells) + " |")
     seeds = max((len(by_seed) for by_seed in runs.values()), default=0)
     note = (f"Held-out accuracy in points: mean ± standard deviation [min, max] over {seeds} "
             "seeds. `after iter k` is the model that iteration k trained (M_{k+1}); iteration 0 "
-            "is the same SPIN run for every method of a seed.")
+            "is the same SPIN run for every method of a seed, and every method starts from the same "
+            "M_0.")
     return note + "\n\n" + "\n".join(lines) + "\n", {"start": {0: start}, **accuracy}
 
 

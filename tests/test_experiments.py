@@ -95,9 +95,8 @@ def test_summarize_results_tables(tmp_path):
     assert summarize.main(["--runs", str(tmp_path), "--tables", str(tables), "--plot", str(plot)]) == 0
 
     text = tables.read_text()
-    assert "| start model (M_0) | 25.0 ± 0.0 [25.0, 25.0] |" in text
-    assert "| dnpo | 50.0 ± 0.0 [50.0, 50.0] | 62.5 ± 17.7 [50.0, 75.0] |" in text
-    assert "| spin | 50.0 ± 0.0 [50.0, 50.0] | 50.0 ± 0.0 [50.0, 50.0] |" in text
+    assert "| dnpo | 25.0 ± 0.0 [25.0, 25.0] | 50.0 ± 0.0 [50.0, 50.0] | 62.5 ± 17.7 [50.0, 75.0] |" in text
+    assert "| spin | 25.0 ± 0.0 [25.0, 25.0] | 50.0 ± 0.0 [50.0, 50.0] | 50.0 ± 0.0 [50.0, 50.0] |" in text
     # Training answers: t1 beats a wrong reference and t2 ties, for every run and iteration.
     assert "| dnpo | 1 | 4 | 100.0% | 50.0% | 50.0% | 0.0% |" in text
     # Head to head after iteration 1: seed 0 wins p3; seed 1 wins p3 and loses p2.

@@ -137,8 +137,9 @@ def run_iteration(
     manifest = Manifest(iter_dir / "manifest.json", iteration_manifest(config, iteration, model_path, mode))
     started = time.monotonic()
     logger.info("Iteration %d (%s, train mode %s) starts from %s", iteration, config.loop.method, mode, model_path)
-    logger.info("Iteration %d: stages already done, skipped: %s",
-                iteration, ", ".join(done_stages(manifest)) or "none")
+    skipped = done_stages(manifest)
+    if skipped:
+        logger.info("Iteration %d: stages already done, skipped: %s", iteration, ", ".join(skipped))
 
     # Generate: M_k samples an answer for every training prompt.
     generations = iter_dir / "generations.jsonl"

@@ -217,6 +217,7 @@ def plot_accuracy(accuracy: dict[str, dict[int, list[float]]], path: Path) -> No
             lows, highs = [100 * min(start), *lows], [100 * max(start), *highs]
         line, = axis.plot(xs, means, marker="o", label=method)
         axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.12)
+    axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_xlabel("model M_k (k = iterations trained)")
     axis.set_ylabel("held-out accuracy (points)")
     axis.set_title("Held-out accuracy: mean over seeds, band = min to max")

@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import yaml
@@ -294,3 +295,25 @@ def test_train_section_not_mapping_names_value(tmp_path):
     path.write_text("train: 5\n")
     with pytest.raises(ConfigError, match="'train' must be a mapping of TrainConfig fields, got 5"):
         load_train_config(str(path))
+
+
+def test_foreign_config_file_named_in_error(tmp_path):
+    config = tiny_config(tmp_path, "loop.report=false")
+    run_dir = Path(config.loop.output_dir) / config.loop.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("notes: {owner: someone}\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml is not a dnpo run config"):
+        open_run_dir(config)
+    assert (run_dir / "config.yaml").read_text() == "notes: {owner: someone}\n"
+
+
+def test_many_config_changes_listed_briefly(finished_run):
+    config, _, _ = finished_run
+    changed = config.replace(
+        train={**config.train.to_dict(), "beta": 0.5, "alpha": 0.2, "learning_rate": 1e-5,
+               "weight_decay": 0.1, "max_grad_norm": 2.0, "noise_init_std": 0.2,
+               "noise_learning_rate": 0.01, "warmup_ratio": 0.2, "logging_steps": 2,
+               "seed": 7, "save_total_limit": 3},
+    )
+    with pytest.raises(ConfigError, match=r"and 1 more\); rerun"):
+        run(changed)

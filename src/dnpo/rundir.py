@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 # Lock files of the run directories this process holds, open until the process exits.
 _HELD_LOCKS: dict[Path, Any] = {}
 
+# Changed fields listed in the error for a changed config; the rest are counted.
+MAX_DIFFERENCES_SHOWN = 10
+
 # Fields that may change between invocations of the same run.
 EXTENSIBLE_FIELDS = {"loop.iterations", "loop.report"}
 
@@ -98,11 +101,19 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
     new = config.to_dict()
     if config_path.exists():
         old = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        if not isinstance(old, dict) or not set(old) & set(new):
+            raise ConfigError(
+                f"{config_path} is not a dnpo run config; move it away or set loop.name to "
+                "another run name"
+            )
         differences = config_differences(old, new)
         if differences:
+            shown = differences[:MAX_DIFFERENCES_SHOWN]
+            if len(differences) > len(shown):
+                shown.append(f"and {len(differences) - len(shown)} more")
             raise ConfigError(
                 f"run {run_dir} exists with a different config ("
-                + "; ".join(differences)
+                + "; ".join(shown)
                 + "); rerun with the original config to resume, or pass --new-run to start a new run"
             )
         old_iterations = (old.get("loop") or {}).get("iterations", 0)

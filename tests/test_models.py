@@ -13,15 +13,19 @@ HUB_ERROR = OSError(
 )
 
 
-def refuse_hub(*args, **kwargs):
+def fail_if_hub_contacted(*args, **kwargs):
     raise AssertionError("the hub was contacted")
+
+
+def raise_hub_error(*args, **kwargs):
+    raise HUB_ERROR
 
 
 @pytest.mark.parametrize(
     "name", ["ckpt/", "./no-such-ckpt", "/no/such/ckpt", "runs/a/iter_0", "my model", "a..b"]
 )
 def test_impossible_hub_id_fails_at_once(name, monkeypatch):
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse_hub)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail_if_hub_contacted)
     with pytest.raises(ConfigError) as error:
         load_tokenizer(resolve_model_path(name))
     message = str(error.value)
@@ -46,10 +50,7 @@ def test_existing_folder_resolves(tmp_path, monkeypatch):
 
 
 def test_hub_failure_is_one_line_with_alternatives(monkeypatch):
-    def fail(*args, **kwargs):
-        raise HUB_ERROR
-
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", raise_hub_error)
     monkeypatch.setattr(models, "hub_offline", lambda: False)
     with pytest.raises(ConfigError) as error:
         load_tokenizer("someorg/no-such-model")
@@ -63,10 +64,7 @@ def test_hub_failure_is_one_line_with_alternatives(monkeypatch):
 
 
 def test_hub_failure_when_offline_says_so(monkeypatch):
-    def fail(*args, **kwargs):
-        raise HUB_ERROR
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fail)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", raise_hub_error)
     monkeypatch.setattr(models, "hub_offline", lambda: True)
     with pytest.raises(ConfigError) as error:
         load_causal_lm("someorg/no-such-model")
@@ -83,7 +81,7 @@ def test_unknown_hub_model_offline_real_error():
 
 
 def test_run_with_impossible_model_name_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse_hub)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail_if_hub_contacted)
     code = cli_main([
         "run", "--config", "configs/default.yaml",
         "--set", "model.name_or_path=checkpoints/run-1/",

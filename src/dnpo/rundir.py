@@ -108,12 +108,12 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
             )
         differences = config_differences(old, new)
         if differences:
-            shown = differences[:MAX_DIFFERENCES_SHOWN]
-            if len(differences) > len(shown):
-                shown.append(f"and {len(differences) - len(shown)} more")
+            listed = differences[:MAX_DIFFERENCES_SHOWN]
+            if len(differences) > len(listed):
+                listed.append(f"and {len(differences) - len(listed)} more")
             raise ConfigError(
                 f"run {run_dir} exists with a different config ("
-                + "; ".join(shown)
+                + "; ".join(listed)
                 + "); rerun with the original config to resume, or pass --new-run to start a new run"
             )
         old_iterations = (old.get("loop") or {}).get("iterations", 0)

@@ -17,6 +17,13 @@ rerunning the same command resumes every unfinished run where it stopped.
     python experiments/run_results.py --config configs/default.yaml --out experiments/runs/default
     python experiments/run_results.py --config configs/gsm8k.yaml --seeds 0 --iterations 2 \\
         --out experiments/runs/gsm8k
+
+A sweep over a setting that iteration 0 does not use (it trains plain SPIN) can reuse the
+iteration 0 of an earlier run with `--iteration-zero-from`:
+
+    python experiments/run_results.py --config configs/default.yaml --methods dnpo \\
+        --iteration-zero-from experiments/runs/default --set train.eps_max=4 \\
+        --out experiments/runs/eps_max4
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="iterations per run, iteration 0 included (default: 4)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run (repeatable)")
+    parser.add_argument("--iteration-zero-from", metavar="DIR",
+                        help="take each seed's finished iteration 0 from DIR/seedS/spin (an earlier "
+                             "--out) instead of running it; for sweeps whose --set values leave "
+                             "iteration 0 unchanged, such as noise or judge settings")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (default: 2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per run (OMP_NUM_THREADS); default 1, so that "
@@ -155,6 +166,14 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[str]:
     """Run iteration 0 once for this seed and return the methods to run next."""
     seed_dir = Path(args.out) / f"seed{seed}"
     base = seed_dir / "spin"
+    if args.iteration_zero_from and not iteration_zero_done(base):
+        source = Path(args.iteration_zero_from) / f"seed{seed}" / "spin"
+        if not iteration_zero_done(source):
+            raise RuntimeError(f"--iteration-zero-from: {source} has no finished iteration 0; "
+                               f"run experiments/run_results.py with --out {args.iteration_zero_from} first")
+        shutil.rmtree(base, ignore_errors=True)
+        share_iteration_zero(source, base)
+        print(f"seed {seed}: iteration 0 taken from {source}", flush=True)
     if not iteration_zero_done(base):
         print(f"seed {seed}: iteration 0 (SPIN, shared by all methods)", flush=True)
         minutes = run_logged(dnpo_command(args, seed, "spin", 1), seed_dir / "spin.log", args.threads)

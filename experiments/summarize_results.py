@@ -180,6 +180,42 @@ def head_to_head(runs: dict[str, dict[int, Path]], method_a: str, method_b: str,
     return "\n".join(lines) + "\n"
 
 
+TRAIN_SIGNALS = [
+    ("rewards/margins", "margin"),
+    ("grad_norm", "grad norm"),
+    ("noise/std_max", "max noise std"),
+    ("noise/ref_rejected_logps_shift", "noise shift of ref_rejected_logps"),
+]
+
+
+def train_signals(runs: dict[str, dict[int, Path]]) -> str:
+    """Tabulate step metrics of iterations 1+: the mean over each run's steps, then over seeds."""
+    lines = [
+        "Training step metrics of iterations 1 and later: the mean over an iteration's optimizer "
+        "steps, then over seeds. The noise shift is how far the noise moves the reference "
+        "log-prob of the rejected answer, in nats per sequence; '-' where a method has no noise.",
+        "",
+        "| method | iteration | " + " | ".join(label for _, label in TRAIN_SIGNALS) + " |",
+        "|---|---|" + "---|" * len(TRAIN_SIGNALS),
+    ]
+    for method, by_seed in runs.items():
+        iterations = sorted({int(path.parent.parent.name.removeprefix("iter_"))
+                             for run_dir in by_seed.values()
+                             for path in run_dir.glob("iter_*/train/train_log.jsonl")} - {0})
+        for iteration in iterations:
+            cells = []
+            for key, _ in TRAIN_SIGNALS:
+                per_seed = []
+                for run_dir in by_seed.values():
+                    log = run_dir / f"iter_{iteration}" / "train" / "train_log.jsonl"
+                    values = [row[key] for row in read_jsonl(log) if key in row] if log.is_file() else []
+                    if values:
+                        per_seed.append(statistics.mean(values))
+                cells.append(f"{statistics.mean(per_seed):.2f}" if per_seed else "-")
+            lines.append(f"| {method} | {iteration} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def compute_time(runs: dict[str, dict[int, Path]]) -> str:
     seconds: dict[str, float] = {}
     for method, by_seed in runs.items():
@@ -242,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "## Generated answers against the references\n\n" + verifier_rates(runs),
         f"## {args.head_to_head[0]} against {args.head_to_head[1]}\n\n"
         + head_to_head(runs, *args.head_to_head, root),
+        "## Training signals\n\n" + train_signals(runs),
         "## Compute\n\n" + compute_time(runs),
     ]
     text = "\n".join(sections)

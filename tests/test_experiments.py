@@ -80,6 +80,12 @@ def fake_run(run_dir: Path, accuracies: list[float], correct_ids: list[set[str]]
             {"id": "t2", "prompt": prompt, "gold_answer": "5", "reference": "#### 5", "generated": "#### 5"},
         ])
         (iter_dir / "manifest.json").write_text(json.dumps({"stages": {"train": {"seconds": 60.0}}}))
+        steps = [{"step": 1, "grad_norm": 2.0, "rewards/margins": 0.5},
+                 {"step": 2, "grad_norm": 4.0, "rewards/margins": 1.5}]
+        if run_dir.name == "dnpo":
+            for step, shift in zip(steps, (-1.0, -3.0), strict=True):
+                step.update({"noise/std_max": 1.0, "noise/ref_rejected_logps_shift": shift})
+        write_jsonl(iter_dir / "train" / "train_log.jsonl", steps)
     (run_dir / "summary.json").write_text(json.dumps({"rows": rows}))
 
 
@@ -103,6 +109,10 @@ def test_summarize_results_tables(tmp_path):
     assert "| 1 | 2 | 5 | 1 | 8 |" in text
     # Compute counts the shared iteration 0 once per seed: spin 2 x 2 min, dnpo 2 x 1 min.
     assert "6.0 min of stage wall time" in text
+    # Step metrics of iteration 1: the mean of steps 1 and 2, equal in both seeds.
+    assert "| dnpo | 1 | 1.00 | 3.00 | 1.00 | -2.00 |" in text
+    assert "| spin | 1 | 1.00 | 3.00 | - | - |" in text
+    assert "| dnpo | 0 |" not in text
     assert plot.stat().st_size > 0
 
 
@@ -120,8 +130,81 @@ def test_rerun_skips_finished_iteration_zero(tmp_path, monkeypatch):
     assert calls == []
 
 
+def finish_iteration_zero(run_dir: Path) -> None:
+    manifest = run_dir / "iter_0" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    stages = {stage: {"status": "done"} for stage in ("generate", "label", "train", "evaluate")}
+    manifest.write_text(json.dumps({"stages": stages}))
+    (run_dir / "iter_0" / "model.safetensors").write_bytes(b"weights")
+
+
+def test_iteration_zero_from_earlier_runs(tmp_path, monkeypatch):
+    run_results = load_script("run_results")
+    earlier = tmp_path / "default"
+    finish_iteration_zero(earlier / "seed1" / "spin")
+    calls = []
+    monkeypatch.setattr(run_results, "run_logged", lambda *args: calls.append(args) or 0.0)
+    out = tmp_path / "sweep"
+    args = run_results.parse_args(["--config", "c.yaml", "--out", str(out), "--methods", "dnpo",
+                                   "--iteration-zero-from", str(earlier)])
+
+    assert run_results.run_seed(args, 1) == ["dnpo"]
+    assert calls == []
+    copied = out / "seed1" / "spin" / "iter_0" / "model.safetensors"
+    assert copied.stat().st_ino == (earlier / "seed1" / "spin" / "iter_0" / "model.safetensors").stat().st_ino
+
+    # A seed the earlier folder never ran is an error that names the folder to fill first.
+    with pytest.raises(RuntimeError, match=r"seed2/spin has no finished iteration 0"):
+        run_results.run_seed(args, 2)
+
+
 def test_failed_run_reports_last_log_line(tmp_path):
     run_results = load_script("run_results")
     command = [sys.executable, "-c", "import sys; print('working'); print('dnpo run: error: bad value'); sys.exit(2)"]
     with pytest.raises(RuntimeError, match="status 2: dnpo run: error: bad value"):
         run_results.run_logged(command, tmp_path / "run.log", threads=1)
+
+
+def fake_results_run(run_dir: Path, start_model: Path, trained: dict[int, Path]) -> None:
+    """A run folder as run_results.py leaves it: config, task files and iteration manifests."""
+    from dnpo.tasks.arithmetic import write_task
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(
+        "task: {train_size: 4, eval_size: 4}\ngeneration: {batch_size: 4}\nloop: {eval_max_new_tokens: 4}\n"
+    )
+    write_task(run_dir / "task", train_size=4, eval_size=4)
+    (run_dir / "iter_0").mkdir()
+    (run_dir / "iter_0" / "manifest.json").write_text(json.dumps({"start_model": str(start_model)}))
+    for iteration, model in trained.items():
+        (run_dir / f"iter_{iteration}").mkdir(exist_ok=True)
+        (run_dir / f"iter_{iteration}" / "train").symlink_to(model, target_is_directory=True)
+
+
+def test_heldout_eval_decodes_distinct_models_once(tmp_path):
+    from dnpo.io import read_jsonl
+    from dnpo.testing import save_tiny_model
+
+    heldout_eval = load_script("heldout_eval")
+    start, other = save_tiny_model(tmp_path / "start", seed=0), save_tiny_model(tmp_path / "other", seed=1)
+    runs = tmp_path / "runs"
+    # spin's first model is the start model again; dnpo's differs.
+    fake_results_run(runs / "seed0" / "spin", start, {0: start})
+    fake_results_run(runs / "seed0" / "dnpo", start, {0: other})
+    tables = tmp_path / "tables.md"
+
+    assert heldout_eval.main(["--runs", str(runs), "--size", "6", "--models", "0", "1",
+                              "--workers", "1", "--tables", str(tables)]) == 0
+
+    out = runs / "heldout_6"
+    problems = read_jsonl(out / "problems.jsonl")
+    seen = {row["question"] for name in ("train", "eval")
+            for row in read_jsonl(runs / "seed0" / "spin" / "task" / f"{name}.jsonl")}
+    assert len(problems) == 6
+    assert not seen & {row["question"] for row in problems}
+    # problems.jsonl, then one generations file for the start model and one for dnpo's M_1.
+    assert len(list(out.glob("*.jsonl"))) == 3
+    text = tables.read_text()
+    assert "| spin |" in text
+    assert "| dnpo |" in text
+    assert "| dnpo | M_1 |" in text

@@ -149,6 +149,26 @@ def test_failed_judge_can_drop_the_pair():
     assert stats["judge_failed"] == 1
 
 
+def test_tie_can_drop_the_pair():
+    generations = [generation("tie"), generation("win"), generation("failed")]
+    judgments = [judgment("tie", 100, 100), judgment("win", 0, 100), judgment("failed", None, 100)]
+    pairs, stats = build_pairs(generations, judgments, 1, on_tie="drop")
+    assert [p["id"] for p in pairs] == ["win", "failed"]
+    assert stats["skipped"] == {"tie": 1}
+    assert stats["ties"] == 1
+    assert stats["on_tie"] == "drop"
+
+
+def test_tie_drop_leaves_iteration_zero_alone():
+    pairs, _ = build_pairs([generation("tie")], [judgment("tie", 100, 100)], 0, on_tie="drop")
+    assert [p["id"] for p in pairs] == ["tie"]
+
+
+def test_invalid_tie_policy_rejected():
+    with pytest.raises(ConfigError, match="on_tie must be one of"):
+        build_pairs([], None, 1, on_tie="generated")
+
+
 def test_invalid_failure_policy_rejected():
     with pytest.raises(ConfigError, match="on_judge_failure"):
         build_pairs([], None, 1, on_judge_failure="zero")

@@ -317,3 +317,18 @@ def test_many_config_changes_listed_briefly(finished_run):
     )
     with pytest.raises(ConfigError, match=r"and 1 more\); rerun"):
         run(changed)
+
+
+def test_config_field_added_later_resumes_at_default(tmp_path):
+    config = tiny_config(tmp_path, "loop.report=false")
+    run_dir, _ = open_run_dir(config)
+    # A config.yaml written before judge.on_tie existed: the run used its default.
+    old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del old["judge"]["on_tie"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
+    assert open_run_dir(config)[0] == run_dir
+
+    # Resuming such a run with a value other than the default is a change.
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match=r"judge\.on_tie: '<unset>' -> 'drop'"):
+        open_run_dir(config.replace(judge={**config.judge.to_dict(), "on_tie": "drop"}))

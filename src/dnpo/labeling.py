@@ -3,7 +3,8 @@
 Rules, per prompt:
 - Iteration 0 is plain SPIN, and so is any iteration without judgments: the human
   reference is chosen and the generated answer rejected.
-- Otherwise the answer with the higher score is chosen; a tie keeps the reference.
+- Otherwise the answer with the higher score is chosen; a tie keeps the reference, or
+  drops the pair when `on_tie` is `drop`.
 - A generated answer equal to the reference (after stripping whitespace) gives no pair.
 - A generated answer that hit the length limit (`finish_reason` `length`) is never
   chosen, even with the higher score.
@@ -31,6 +32,7 @@ from dnpo.outputs import check_output_location
 logger = logging.getLogger(__name__)
 
 ON_JUDGE_FAILURE = ("spin", "drop")
+ON_TIE = ("reference", "drop")
 PERCENTILES = (50, 90, 99)
 
 
@@ -39,12 +41,15 @@ def build_pairs(
     judgments: dict[str, dict[str, Any]] | list[dict[str, Any]] | None,
     iteration: int,
     on_judge_failure: str = "spin",
+    on_tie: str = "reference",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Label every generation record; return the pairs and the label statistics."""
     if on_judge_failure not in ON_JUDGE_FAILURE:
         raise ConfigError(
             f"on_judge_failure must be one of {list(ON_JUDGE_FAILURE)}, got {on_judge_failure!r}"
         )
+    if on_tie not in ON_TIE:
+        raise ConfigError(f"on_tie must be one of {list(ON_TIE)}, got {on_tie!r}")
     if isinstance(judgments, list):
         judgments = {row["id"]: row for row in judgments}
     use_judge = iteration > 0 and judgments is not None
@@ -69,6 +74,9 @@ def build_pairs(
                 continue
             label_source, generated_chosen = "judge_failed", False
         else:
+            if generated_score == reference_score and on_tie == "drop":
+                counts["skipped/tie"] += 1
+                continue
             label_source = "judge"
             generated_chosen = generated_score > reference_score
             if generated_chosen and truncated:
@@ -79,6 +87,7 @@ def build_pairs(
         counts[f"chosen_source/{pair['chosen_source']}"] += 1
         pairs.append(pair)
     stats = label_stats(counts, generations, judgments, iteration, on_judge_failure, len(pairs))
+    stats["on_tie"] = on_tie
     return pairs, stats
 
 
@@ -228,6 +237,7 @@ def label_to_files(
     iteration: int,
     output_dir: str | Path,
     on_judge_failure: str = "spin",
+    on_tie: str = "reference",
 ) -> dict[str, Any]:
     """Write output_dir/pairs.jsonl and output_dir/labels.json; return the statistics.
 
@@ -246,7 +256,7 @@ def label_to_files(
                 f"judgments file {judgments_path} not found; run `dnpo judge` first"
             )
         judgments = load_judgments(judgments_path)
-    pairs, stats = build_pairs(generations, judgments, iteration, on_judge_failure)
+    pairs, stats = build_pairs(generations, judgments, iteration, on_judge_failure, on_tie)
     lines = "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
     atomic_write_text(output_dir / "pairs.jsonl", lines)
     atomic_write_json(output_dir / "labels.json", stats)
@@ -301,6 +311,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ON_JUDGE_FAILURE,
         help="a failed judge call: spin (reference chosen) or drop the pair (default: spin)",
     )
+    parser.add_argument(
+        "--on-tie",
+        default="reference",
+        choices=ON_TIE,
+        help="equal judge scores: reference (reference chosen) or drop the pair "
+        "(default: reference)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -308,7 +325,12 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--iteration must be >= 0, got {args.iteration}")
     check_output_location(args.output_dir, "--output-dir", folder=True)
     stats = label_to_files(
-        args.generations, args.judgments, args.iteration, args.output_dir, args.on_judge_failure
+        args.generations,
+        args.judgments,
+        args.iteration,
+        args.output_dir,
+        args.on_judge_failure,
+        args.on_tie,
     )
     print(json.dumps(stats, indent=2))
     return 0

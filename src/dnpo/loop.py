@@ -179,6 +179,7 @@ def run_iteration(
                 iteration,
                 iter_dir,
                 on_judge_failure=config.judge.on_failure,
+                on_tie=config.judge.on_tie,
             )
 
     # Train: NPO (or SPIN) from M_k with M_k as the frozen reference gives M_{k+1}.

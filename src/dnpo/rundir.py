@@ -61,12 +61,21 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """List `field: old -> new` for every flattened field that differs."""
+def config_differences(
+    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """List `field: old -> new` for every flattened field that differs.
+
+    A field missing from `old` that has its default value in `new` is no difference:
+    a run written before the field existed ran with that default.
+    """
     old_flat, new_flat = flatten(old), flatten(new)
+    default_flat = flatten(defaults or {})
     lines = []
     for key in sorted(set(old_flat) | set(new_flat)):
         if key in EXTENSIBLE_FIELDS:
+            continue
+        if key not in old_flat and key in default_flat and new_flat.get(key) == default_flat[key]:
             continue
         if old_flat.get(key, "<unset>") != new_flat.get(key, "<unset>"):
             lines.append(f"{key}: {old_flat.get(key, '<unset>')!r} -> {new_flat.get(key, '<unset>')!r}")
@@ -106,7 +115,7 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
                 f"{config_path} is not a dnpo run config; move it away or set loop.name to "
                 "another run name"
             )
-        differences = config_differences(old, new)
+        differences = config_differences(old, new, type(config)().to_dict())
         if differences:
             listed = differences[:MAX_DIFFERENCES_SHOWN]
             if len(differences) > len(listed):

@@ -38,6 +38,12 @@ class JudgeConfig(Section):
     on_failure: str = option(
         "spin", "a failed judge call: spin (human reference chosen) or drop", ("spin", "drop")
     )
+    on_tie: str = option(
+        "reference",
+        "equal judge scores: reference (the human reference is chosen, as in the paper) or "
+        "drop the pair, so that a correct generated answer is never rejected",
+        ("reference", "drop"),
+    )
 
     def validate(self) -> None:
         super().validate()

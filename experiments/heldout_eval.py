@@ -86,7 +86,7 @@ def weights_hash(model: str) -> str:
     digest = hashlib.sha256()
     files = sorted(Path(model).glob("*.safetensors"))
     if not files:
-        raise SystemExit(f"no .safetensors weights in {model}")
+        raise FileNotFoundError(f"no .safetensors weights in {model}; its training has not finished")
     for path in files:
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 24), b""):
@@ -188,12 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     for (seed, method), run_dir in found.items():
         for m in args.models:
             try:
-                model = model_path(run_dir, m)
+                weights = resolve_model_path(model_path(run_dir, m))
+                output = out / f"{weights_hash(weights)}.jsonl"
             except FileNotFoundError as error:
                 print(f"seed {seed} {method} M_{m}: skipped ({error})", flush=True)
                 continue
-            weights = resolve_model_path(model)
-            output = out / f"{weights_hash(weights)}.jsonl"
             jobs.setdefault(str(output), (str(run_dir), str(weights)))
             targets[seed, method, m] = output
     started = time.monotonic()

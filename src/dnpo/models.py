@@ -9,13 +9,14 @@ the file once to a plain safetensors checkpoint under the user's cache directory
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dnpo.configbase import ConfigError
 
@@ -53,11 +54,46 @@ def find_bundled_gguf() -> Path:
 
 
 def prepare_default_model(target: str | Path | None = None) -> Path:
-    """Convert the bundled GGUF model to a plain checkpoint once and return its directory."""
+    """Convert the bundled GGUF model to a plain checkpoint once and return its directory.
+
+    Processes that start at the same time (several runs of a sweep) convert it once:
+    the first takes a lock next to the target, the others wait for it and reuse its
+    checkpoint.
+    """
     target = Path(target) if target else cache_dir() / "models" / "SmolLM2-135M-Instruct"
     marker = target / "dnpo_converted.txt"
     if marker.exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with conversion_lock(target.with_name(target.name + ".lock")):
+        if marker.exists():
+            return target
+        convert_bundled_gguf(target)
+    return target
+
+
+@contextlib.contextmanager
+def conversion_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` while the block runs; waits for other holders.
+
+    Without `fcntl` (Windows) no lock is taken, and the per-process staging folder of
+    `convert_bundled_gguf` still keeps two conversions from writing into each other.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def convert_bundled_gguf(target: Path) -> None:
+    """Write the dequantized bundled model and its tokenizer to `target` (replaced whole)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = find_bundled_gguf()
@@ -73,14 +109,13 @@ def prepare_default_model(target: str | Path | None = None) -> Path:
     model.generation_config.do_sample = False
     model.generation_config.temperature = None
     model.generation_config.top_p = None
-    staging = target.with_name(target.name + ".partial")
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     (staging / "dnpo_converted.txt").write_text(f"converted from {gguf.name}\n", encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    return target
 
 
 def resolve_model_path(name_or_path: str) -> str:

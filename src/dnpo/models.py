@@ -74,10 +74,10 @@ def prepare_default_model(target: str | Path | None = None) -> Path:
 
 @contextlib.contextmanager
 def conversion_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` while the block runs; waits for other holders.
+    """Hold an exclusive lock on `path` while the block runs, after other holders release it.
 
-    Without `fcntl` (Windows) no lock is taken, and the per-process staging folder of
-    `convert_bundled_gguf` still keeps two conversions from writing into each other.
+    Without `fcntl` (Windows) no lock is taken. The per-process staging folder of
+    `convert_bundled_gguf` still keeps two conversions from writing into one folder.
     """
     try:
         import fcntl

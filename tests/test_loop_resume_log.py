@@ -5,7 +5,7 @@ import pytest
 
 from dnpo.config import RunConfig
 from dnpo.errors import DataError
-from dnpo.io import atomic_write_json
+from dnpo.io import atomic_write_json, read_json
 from dnpo.loop import STAGES, iteration_manifest, run_iteration
 from dnpo.models import load_tokenizer
 from dnpo.testing import save_tiny_model
@@ -29,6 +29,23 @@ def test_finished_iteration_logs_skipped_stages(tmp_path, caplog):
     assert row["pairs"] == 3
     assert next_model == str(iter_dir / "train")
     assert not (iter_dir / "generations.jsonl").exists()  # no stage ran again
+
+
+def test_finished_iteration_keeps_wall_time(tmp_path):
+    model = str(save_tiny_model(tmp_path / "model"))
+    config = RunConfig.from_dict({"loop": {"method": "spin", "output_dir": str(tmp_path)}})
+    iter_dir = tmp_path / "run" / "iter_0"
+    iter_dir.mkdir(parents=True)
+    stages = {stage: {"status": "done", "seconds": 1.0} for stage in STAGES if stage != "judge"}
+    atomic_write_json(iter_dir / "manifest.json", {"iteration": 0, "stages": stages,
+                                                   "train_result": {"noise_head": None},
+                                                   "wall_seconds": 42.0})
+
+    run_iteration(config, tmp_path / "run", 0, model, None, config.data)
+
+    manifest = read_json(iter_dir / "manifest.json")
+    assert manifest["wall_seconds"] == 42.0
+    assert manifest["output_model"] == str(iter_dir / "train")
 
 
 def test_fresh_iteration_logs_no_skipped_stages(tmp_path, caplog):

@@ -137,9 +137,11 @@ def run_iteration(
     manifest = Manifest(iter_dir / "manifest.json", iteration_manifest(config, iteration, model_path, mode))
     started = time.monotonic()
     logger.info("Iteration %d (%s, train mode %s) starts from %s", iteration, config.loop.method, mode, model_path)
-    skipped = done_stages(manifest)
-    if skipped:
-        logger.info("Iteration %d: stages already done, skipped: %s", iteration, ", ".join(skipped))
+    done_at_start = done_stages(manifest)
+    if done_at_start:
+        logger.info(
+            "Iteration %d: stages already done, skipped: %s", iteration, ", ".join(done_at_start)
+        )
 
     # Generate: M_k samples an answer for every training prompt.
     generations = iter_dir / "generations.jsonl"
@@ -201,13 +203,25 @@ def run_iteration(
         with manifest.stage("evaluate"):
             evaluate_run_iteration(run_dir, iteration, config.eval)
 
-    manifest.update(wall_seconds=round(time.monotonic() - started, 1), output_model=next_model)
+    # A rerun that found every stage done keeps the wall time of the run that did the work.
+    if pending_stages(config, iteration, done_at_start):
+        manifest.update(wall_seconds=round(time.monotonic() - started, 1))
+    manifest.update(output_model=next_model)
     return summary_row(config, iter_dir, iteration), next_model, next_noise
 
 
 def done_stages(manifest: Manifest) -> list[str]:
     """Return the stages that an iteration's manifest marks done, in run order."""
     return [stage for stage in STAGES if manifest.done(stage)]
+
+
+def pending_stages(config: RunConfig, iteration: int, done: list[str]) -> list[str]:
+    """Return the stages of an iteration that are not in `done`, with judge only where it runs."""
+    return [
+        stage
+        for stage in STAGES
+        if stage not in done and (stage != "judge" or config.judges(iteration))
+    ]
 
 
 def iteration_manifest(config: RunConfig, iteration: int, model_path: str, mode: str) -> dict[str, Any]:

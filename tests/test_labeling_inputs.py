@@ -76,3 +76,34 @@ def test_label_cli_bad_judgments_one_line(tmp_path, capsys):
     assert code == 2
     assert "record 1 lacks id" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_generations_passed_as_judgments_rejected(tmp_path, capsys):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1)])
+    code = main(["label", "--generations", str(generations), "--judgments", str(generations),
+                 "--iteration", "1", "--output-dir", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith(f"dnpo label: error: judgments file {generations}: record 1 has reference '2'")
+    assert "pass a judgments file written by `dnpo judge`" in error
+    assert len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "pairs.jsonl").exists()
+
+
+def test_judgment_side_number_rejected(tmp_path):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1)])
+    judgments = write_jsonl(tmp_path / "judgments.jsonl",
+                            [{"id": "p1", "reference": side(90), "generated": 5}])
+    with pytest.raises(DataError, match="record 1 has generated 5, not a judge result"):
+        label_to_files(generations, judgments, 1, tmp_path / "out")
+
+
+def test_judgment_usage_not_mapping_counted(tmp_path):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1)])
+    judgments = write_jsonl(tmp_path / "judgments.jsonl", [
+        {"id": "p1", "reference": side(90), "generated": side(10), "usage": ["bad"]},
+    ])
+    stats = label_to_files(generations, judgments, 1, tmp_path / "out")
+    assert stats["pairs"] == 1
+    assert stats["judge"]["calls"] == 2
+    assert stats["judge"]["failed_calls"] == 0

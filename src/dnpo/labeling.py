@@ -185,9 +185,14 @@ def judge_usage(records: list[dict[str, Any]]) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     latencies = []
     for record in records:
+        usage_by_side = record.get("usage")
+        if not isinstance(usage_by_side, dict):
+            usage_by_side = {}
         for side in SIDES:
             result = record.get(side) or {}
-            usage = (record.get("usage") or {}).get(side) or {}
+            usage = usage_by_side.get(side)
+            if not isinstance(usage, dict):
+                usage = {}
             totals["calls"] += 1
             if result.get("error") or result.get("score") is None:
                 errors[error_kind(result.get("error"))] += 1

@@ -65,12 +65,31 @@ def read_generations(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def require_side_results(rows: list[dict[str, Any]], path: str | Path, description: str) -> None:
+    """Raise DataError naming the first record whose reference or generated side is not a mapping.
+
+    A missing or null side counts as a failed judgment. A string or number there means
+    the file is not a judgments file, for example a generations file passed by mistake.
+    """
+    for number, row in enumerate(rows, start=1):
+        for side in SIDES:
+            value = row.get(side)
+            if value is not None and not isinstance(value, dict):
+                value_repr = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                raise DataError(
+                    f"{description} {path}: record {number} has {side} {value_repr}, not a judge "
+                    "result with a score; pass a judgments file written by `dnpo judge`"
+                )
+
+
 def load_judgments(path: str | Path) -> dict[str, dict[str, Any]]:
     """Return judgment records by id: complete ones, then failed ones for the other ids."""
     complete = read_records(path, "judgments file")
     require_fields(complete, ("id",), path, "judgments file")
+    require_side_results(complete, path, "judgments file")
     failed = read_records(failures_path(path), "judgment failures file")
     require_fields(failed, ("id",), failures_path(path), "judgment failures file")
+    require_side_results(failed, failures_path(path), "judgment failures file")
     records = {row["id"]: row for row in complete}
     for row in failed:
         records.setdefault(row["id"], row)

@@ -138,6 +138,15 @@ def test_unknown_layout_names_keys(tmp_path):
         load(path)
 
 
+def test_unknown_first_row_skipped(tmp_path, caplog):
+    rows = [{"text": "hello"}, {"prompt": "Q1", "response": "A1"}, {"prompt": "Q2", "response": "A2"}]
+    with caplog.at_level(logging.WARNING, logger="dnpo.data"):
+        examples, skipped = load(write_jsonl(tmp_path / "odd_first.jsonl", rows))
+    assert [e["reference"] for e in examples] == ["A1", "A2"]
+    assert skipped == {"unknown_format": 1}
+    assert "'unknown_format': 1" in caplog.text
+
+
 def test_field_overrides(tmp_path):
     path = write_jsonl(tmp_path / "custom.jsonl", [{"uid": 7, "q": "Q?", "a": "A!"}])
     examples, _ = load(

@@ -109,9 +109,17 @@ def load_sft_examples(config: DataConfig) -> tuple[list[Example], dict[str, int]
     examples: list[Example] = []
     seen: set[str] = set()
     fmt = None if config.format == "auto" else config.format
+    detect_error: DataError | None = None
     for location, row in iter_rows(config, skips):
         if fmt is None and isinstance(row, dict):
-            fmt = detect_format(row, config)
+            # The first row whose keys name a layout sets the format, so a single
+            # odd row at the top of a file is skipped instead of failing the load.
+            try:
+                fmt = detect_format(row, config)
+            except DataError as error:
+                detect_error = detect_error or error
+                skips["unknown_format"] += 1
+                continue
         if fmt is None:
             skips["not_an_object"] += 1
             continue
@@ -128,6 +136,8 @@ def load_sft_examples(config: DataConfig) -> tuple[list[Example], dict[str, int]
         example["metadata"][location_key] = location_value
         examples.append(example)
     skip_counts = dict(sorted(skips.items()))
+    if fmt is None and detect_error is not None:
+        raise detect_error
     if not examples:
         raise DataError(
             f"{config.path}: no usable rows (format {fmt or 'unknown'}); skipped rows by reason: "

@@ -147,6 +147,17 @@ def test_unknown_first_row_skipped(tmp_path, caplog):
     assert "'unknown_format': 1" in caplog.text
 
 
+def test_home_relative_path_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_jsonl(tmp_path / "home.jsonl", [{"prompt": "Q", "response": "A"}])
+    (tmp_path / "folder").mkdir()
+    write_jsonl(tmp_path / "folder" / "train.jsonl", [{"prompt": "Q2", "response": "A2"}])
+    file_examples, _ = load_sft_examples(DataConfig(path="~/home.jsonl"))
+    folder_examples, _ = load_sft_examples(DataConfig(path="~/folder"))
+    assert [e["reference"] for e in file_examples] == ["A"]
+    assert [e["reference"] for e in folder_examples] == ["A2"]
+
+
 def test_field_overrides(tmp_path):
     path = write_jsonl(tmp_path / "custom.jsonl", [{"uid": 7, "q": "Q?", "a": "A!"}])
     examples, _ = load(

@@ -169,14 +169,15 @@ def iter_rows(config: DataConfig, skips: Counter[str]) -> Iterator[tuple[tuple[s
     The location is ("line", 1-based line number) for JSONL files and ("row_index",
     0-based index) otherwise; it is stored in the example's metadata.
     """
-    path = Path(config.path)
+    # `~` is expanded as in model paths, because neither Path nor datasets expand it.
+    path = Path(config.path).expanduser()
     if missing_local_file(config.path):
         raise DataError(
             f"data file {config.path} not found; pass an existing JSONL/JSON/Parquet file, "
             "a dataset folder or a hub dataset name"
         )
     if not path.is_file():
-        rows = load_hub_rows(config)
+        rows = load_hub_rows(config.replace(path=str(path)) if path.is_dir() else config)
     elif path.suffix.lower() == ".jsonl":
         for number, row in iter_jsonl_rows(path, skips):
             yield ("line", number), row

@@ -307,6 +307,16 @@ def test_foreign_config_file_named_in_error(tmp_path):
     assert (run_dir / "config.yaml").read_text() == "notes: {owner: someone}\n"
 
 
+def test_invalid_yaml_run_config_named(tmp_path):
+    config = tiny_config(tmp_path, "loop.report=false")
+    run_dir = Path(config.loop.output_dir) / config.loop.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("a: [\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml is not a readable run config .*line 2"):
+        open_run_dir(config)
+    assert (run_dir / "config.yaml").read_text() == "a: [\n"
+
+
 def test_many_config_changes_listed_briefly(finished_run):
     config, _, _ = finished_run
     changed = config.replace(

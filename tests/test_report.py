@@ -160,3 +160,13 @@ def test_report_of_tiny_smoke_run(tmp_path, monkeypatch):
     assert sorted(Path(link).name for link in links) == sorted(PLOTS)
     for link in links:
         assert (run / link).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_report_invalid_run_config_one_line(two_iteration_run, capsys):
+    (two_iteration_run / "config.yaml").write_text("a: [\n", encoding="utf-8")
+    code = dnpo_main(["report", str(two_iteration_run)])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith("dnpo report: error: ")
+    assert "config.yaml is not a readable run config" in error
+    assert len(error.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from dnpo.chat import normalize_completion
+from dnpo.configbase import ConfigError, yaml_error_line
 from dnpo.io import read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -74,11 +75,21 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
-    """Return config.yaml as a nested dict, or {} when it is missing."""
+    """Return config.yaml as a nested dict, or {} when it is missing.
+
+    Raises ConfigError when config.yaml is not UTF-8 text or not valid YAML.
+    """
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = yaml_error_line(error) if isinstance(error, yaml.YAMLError) else "not UTF-8 text"
+        raise ConfigError(
+            f"{path} is not a readable run config ({reason}); restore the config.yaml that "
+            "`dnpo run` wrote there"
+        ) from None
     return data if isinstance(data, dict) else {}
 
 

@@ -48,6 +48,24 @@ def test_finished_iteration_keeps_wall_time(tmp_path):
     assert manifest["output_model"] == str(iter_dir / "train")
 
 
+def test_no_pairs_names_skip_counts(tmp_path):
+    model = str(save_tiny_model(tmp_path / "model"))
+    config = RunConfig.from_dict({"loop": {"output_dir": str(tmp_path)}, "judge": {"on_tie": "drop"}})
+    iter_dir = tmp_path / "run" / "iter_1"
+    iter_dir.mkdir(parents=True)
+    stages = {stage: {"status": "done", "seconds": 1.0} for stage in ("generate", "judge", "label")}
+    atomic_write_json(iter_dir / "manifest.json", {"iteration": 1, "stages": stages})
+    atomic_write_json(iter_dir / "labels.json", {"pairs": 0, "skipped": {"tie": 4}})
+    (iter_dir / "pairs.jsonl").write_text("", encoding="utf-8")
+
+    with pytest.raises(DataError, match=r"iteration 1 has no pairs to train on.*'tie': 4") as error:
+        run_iteration(config, tmp_path / "run", 1, model, None, config.data)
+
+    assert "judge.on_tie=reference" in str(error.value)
+    assert not (iter_dir / "train").exists()
+    assert read_json(iter_dir / "manifest.json")["stages"].get("train") is None
+
+
 def test_fresh_iteration_logs_no_skipped_stages(tmp_path, caplog):
     model = str(save_tiny_model(tmp_path / "model"))
     config = RunConfig.from_dict({"loop": {"method": "spin"}})

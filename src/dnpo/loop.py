@@ -30,6 +30,7 @@ import yaml
 
 from dnpo.config import BUNDLED_TASK, RunConfig
 from dnpo.configbase import ConfigError, apply_overrides, read_yaml
+from dnpo.errors import DataError
 from dnpo.io import atomic_write_text, read_json
 from dnpo.models import (
     checkpoint_checksum,
@@ -187,6 +188,7 @@ def run_iteration(
     # Train: NPO (or SPIN) from M_k with M_k as the frozen reference gives M_{k+1}.
     train_dir = iter_dir / "train"
     if not manifest.done("train"):
+        require_pairs(iter_dir, iteration)
         with manifest.stage("train"):
             train_config = config.train.replace(mode=mode, seed=config.iteration_seed(config.train.seed, iteration))
             head_init = noise_head if (config.train.noise_carry_over and mode == "dnpo") else None
@@ -208,6 +210,20 @@ def run_iteration(
         manifest.update(wall_seconds=round(time.monotonic() - started, 1))
     manifest.update(output_model=next_model)
     return summary_row(config, iter_dir, iteration), next_model, next_noise
+
+
+def require_pairs(iter_dir: Path, iteration: int) -> None:
+    """Raise DataError naming the skip counts when the label stage left no pair to train on."""
+    labels_path = iter_dir / "labels.json"
+    labels = read_json(labels_path) if labels_path.exists() else {}
+    if labels.get("pairs") != 0:
+        return
+    raise DataError(
+        f"iteration {iteration} has no pairs to train on, because labeling skipped every prompt "
+        f"(skipped: {labels.get('skipped') or {}}; see {labels_path}). Use more prompts, or "
+        "start a new run with --new-run and judge.on_tie=reference or judge.on_failure=spin "
+        "so that tied or unjudged prompts keep their pair"
+    )
 
 
 def done_stages(manifest: Manifest) -> list[str]:

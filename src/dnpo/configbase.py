@@ -264,12 +264,17 @@ def load_config(
     return cls.from_dict(data)
 
 
-def add_section_arguments(parser: argparse.ArgumentParser, cls: type[Section]) -> None:
-    """Add one `--field-name` option per field of a flat section, with its help text."""
+def add_section_arguments(
+    parser: argparse.ArgumentParser, cls: type[Section], exclude: tuple[str, ...] = ()
+) -> None:
+    """Add one `--field-name` option per field of a flat section, with its help text.
+
+    Fields named in `exclude` get no option, for settings that the command does not use.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if isinstance(tp, type) and issubclass(tp, Section):
+        if f.name in exclude or (isinstance(tp, type) and issubclass(tp, Section)):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")

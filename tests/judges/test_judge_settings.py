@@ -84,3 +84,13 @@ def test_empty_file_cli_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no records" in err
     assert "gold answers" not in err
+
+
+@pytest.mark.parametrize("option", ["--on-tie", "--on-failure"])
+def test_label_options_not_accepted(tmp_path, capsys, option):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [record(1)])
+    with pytest.raises(SystemExit) as exit_info:
+        judge(generations, tmp_path / "judgments.jsonl", option, "drop")
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {option} drop" in capsys.readouterr().err
+    assert not (tmp_path / "judgments.jsonl").exists()

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=64,
         help="items judged between two writes to the output (default: 64)",
     )
-    add_section_arguments(parser, JudgeConfig)
+    # Failed calls and ties are handled when pairs are built, by `dnpo label`.
+    add_section_arguments(parser, JudgeConfig, exclude=("on_failure", "on_tie"))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = Path(args.runs)
     out = runs / f"heldout_{args.size}"
-    out.mkdir(parents=True, exist_ok=True)
     found = find_runs(runs, args.methods)
+    out.mkdir(parents=True, exist_ok=True)
     problems = draw_held_out(next(iter(found.values())), args.size, out)
     jobs: dict[str, tuple[str, str]] = {}
     targets: dict[tuple[int, str, int], Path] = {}

@@ -212,3 +212,11 @@ def test_heldout_eval_decodes_distinct_models_once(tmp_path):
     assert "| dnpo |" in text
     assert "| dnpo | M_1 |" in text
     assert "| dnpo | M_2 |" not in text
+
+
+def test_heldout_eval_missing_runs_creates_nothing(tmp_path):
+    heldout_eval = load_script("heldout_eval")
+    runs = tmp_path / "missing"
+    with pytest.raises(SystemExit, match="no runs under"):
+        heldout_eval.main(["--runs", str(runs), "--size", "4"])
+    assert not runs.exists()

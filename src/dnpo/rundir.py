@@ -82,6 +82,14 @@ def config_differences(
     return lines
 
 
+def join_differences(differences: list[str]) -> str:
+    """Join `config_differences` lines with "; ", listing the first MAX_DIFFERENCES_SHOWN."""
+    listed = differences[:MAX_DIFFERENCES_SHOWN]
+    if len(differences) > len(listed):
+        listed.append(f"and {len(differences) - len(listed)} more")
+    return "; ".join(listed)
+
+
 def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunConfig]:
     """Create the run directory or check that an existing one has the same config.
 
@@ -117,13 +125,9 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
             )
         differences = config_differences(old, new, type(config)().to_dict())
         if differences:
-            listed = differences[:MAX_DIFFERENCES_SHOWN]
-            if len(differences) > len(listed):
-                listed.append(f"and {len(differences) - len(listed)} more")
             raise ConfigError(
-                f"run {run_dir} exists with a different config ("
-                + "; ".join(listed)
-                + "); rerun with the original config to resume, or pass --new-run to start a new run"
+                f"run {run_dir} exists with a different config ({join_differences(differences)}); "
+                "rerun with the original config to resume, or pass --new-run to start a new run"
             )
         old_iterations = (old.get("loop") or {}).get("iterations", 0)
         if config.loop.iterations < old_iterations:

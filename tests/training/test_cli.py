@@ -61,3 +61,26 @@ def test_invalid_option_prints_one_line_error(tmp_path, capsys, flag, value, mes
     error = capsys.readouterr().err
     assert message in error
     assert "Traceback" not in error
+
+
+def test_changed_config_names_fields(tmp_path, capsys, monkeypatch):
+    from dnpo.training.trainer import NPOTrainer
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(NPOTrainer, "train", interrupt)
+    model = save_tiny_model(tmp_path / "model")
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    command = ["train", "--pairs", str(pairs), "--model", str(model), "--output", str(tmp_path / "out"),
+               "--mode", "spin", "--max-length", "64", "--max-prompt-length", "40"]
+    assert main(command) == 130
+    capsys.readouterr()
+    assert main([*command, "--beta", "0.2", "--max-steps", "5"]) == 2
+    error = capsys.readouterr().err
+    assert "started with a different config" in error
+    assert "train.beta: 0.1 -> 0.2" in error
+    assert "train.max_steps: -1 -> 5" in error
+    assert "pairs:" not in error
+    assert "model_path" not in error
+    assert len(error.strip().splitlines()) == 1

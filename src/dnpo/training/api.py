@@ -30,6 +30,7 @@ from typing import Any
 from dnpo.configbase import ConfigError
 from dnpo.errors import DataError
 from dnpo.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from dnpo.rundir import config_differences, join_differences
 from dnpo.training.collator import DataCounts, PairDataset, tokenize_pairs
 from dnpo.training.config import TrainConfig
 from dnpo.training.noise import NOISE_HEAD_FILE
@@ -95,11 +96,18 @@ def check_same_run(output_dir: Path, fingerprint: dict[str, Any]) -> None:
     if not path.is_file():
         return
     previous = read_json(path)
-    changed = [key for key in fingerprint if previous.get(key) != fingerprint[key]]
-    if changed:
+    differences = []
+    if previous.get("pairs_sha256") != fingerprint["pairs_sha256"]:
+        differences.append("pairs: the pairs file content changed")
+    # The TrainConfig fields are listed as `train.FIELD`, the names that config files use.
+    differences += config_differences(
+        {"model_path": previous.get("model_path"), "train": previous.get("config")},
+        {"model_path": fingerprint["model_path"], "train": fingerprint["config"]},
+    )
+    if differences:
         raise ConfigError(
-            f"{output_dir} contains a training run started with a different {', '.join(changed)}. "
-            "Pass a new output directory or delete the old one."
+            f"{output_dir} contains a training run started with a different config "
+            f"({join_differences(differences)}); pass a new output directory or delete the old one"
         )
 
 

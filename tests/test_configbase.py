@@ -1,3 +1,4 @@
+import argparse
 from dataclasses import dataclass
 
 import pytest
@@ -9,6 +10,7 @@ from dnpo.configbase import (
     load_config,
     option,
     parse_override,
+    section_from_args,
 )
 
 
@@ -90,3 +92,31 @@ def test_load_config_errors_name_the_file(tmp_path):
 def test_to_dict_round_trips():
     config = Outer.from_dict({"inner": {"rate": 2.0, "kind": "b"}, "names": ["n"]})
     assert Outer.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"steps": "many"}, "--steps: expected an integer, got 'many'"),
+        ({"flag": "maybe"}, "--flag: expected true or false, got 'maybe'"),
+        ({"names": "{a: 1}"}, "--names: expected a list"),
+    ],
+)
+def test_cli_value_errors_name_flag(options, message):
+    args = argparse.Namespace(**{"steps": None, "flag": None, "names": None, **options})
+    with pytest.raises(ConfigError, match=message):
+        section_from_args(Outer, args)
+
+
+def test_cli_value_outside_choices_names_flag():
+    args = argparse.Namespace(rate=None, kind="c")
+    with pytest.raises(ConfigError, match=r"--kind: invalid value 'c'; expected one of \['a', 'b'\]"):
+        section_from_args(Inner, args)
+
+
+def test_cli_value_invalid_yaml_kept_as_text():
+    @dataclass
+    class Named(Section):
+        label: str = option("", "a label")
+
+    assert section_from_args(Named, argparse.Namespace(label="[x")).label == "[x"

@@ -292,10 +292,27 @@ def _metavar(tp: Any) -> str:
 
 
 def section_from_args(cls: type[S], args: argparse.Namespace, base: S | None = None) -> S:
-    """Build a section from parsed `--field-name` options over `base`."""
+    """Build a section from parsed `--field-name` options over `base`.
+
+    A value of the wrong type or outside the field's choices raises ConfigError naming
+    the flag, such as `--batch-size`, so the message matches what the user typed.
+    """
     data = base.to_dict() if base is not None else {}
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
-        if value is not None:
-            data[f.name] = yaml.safe_load(value) if isinstance(value, str) else value
+        if value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                # Text that is not valid YAML, such as "[draft", is kept as typed.
+                pass
+        value = _coerce(value, hints[f.name], flag)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{flag}: invalid value {value!r}; expected one of {list(choices)}")
+        data[f.name] = value
     return cls.from_dict(data)

@@ -74,3 +74,18 @@ def test_library_call_without_settings_writes_no_record(tiny_model, tiny_tokeniz
     generate_to_file(generator, examples, output)
     assert len(read_jsonl(output)) == 1
     assert not settings_path(output).exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-size", "abc", "--batch-size: expected an integer, got 'abc'"),
+    ("--batch-size", "1.5", "--batch-size: expected an integer, got 1.5"),
+    ("--top-p", "high", "--top-p: expected a number, got 'high'"),
+    ("--precision", "fp8", "--precision: invalid value 'fp8'; expected one of"),
+])
+def test_invalid_option_value_names_flag(files, capsys, flag, value, message):
+    data, model, output = files
+    assert generate(data, model, output, flag, value) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert len(error.strip().splitlines()) == 1
+    assert not output.exists()

@@ -107,3 +107,15 @@ def test_judgment_usage_not_mapping_counted(tmp_path):
     assert stats["pairs"] == 1
     assert stats["judge"]["calls"] == 2
     assert stats["judge"]["failed_calls"] == 0
+
+
+def test_label_cli_empty_generations_rejected(tmp_path, capsys):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [])
+    code = main(["label", "--generations", str(generations), "--iteration", "0",
+                 "--output-dir", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith(f"dnpo label: error: generations file {generations} has no records")
+    assert "pass the output of `dnpo generate`" in error
+    assert len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "pairs.jsonl").exists()

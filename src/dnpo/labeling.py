@@ -249,10 +249,6 @@ def label_to_files(
     Without `judgments_path` every pair gets the SPIN label.
     """
     generations_path, output_dir = Path(generations_path), Path(output_dir)
-    if not generations_path.is_file():
-        raise FileNotFoundError(
-            f"generations file {generations_path} not found; run `dnpo generate` first"
-        )
     generations = read_generations(generations_path)
     judgments = None
     if judgments_path is not None:

@@ -59,8 +59,18 @@ def require_fields(
 
 
 def read_generations(path: str | Path) -> list[dict[str, Any]]:
-    """Read a generations.jsonl file, raising DataError for a record without the needed keys."""
+    """Read a generations.jsonl file for judging or labeling.
+
+    Raises FileNotFoundError for a missing file, and DataError for a file without
+    records or with a record that lacks the needed keys.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"generations file {path} not found; run `dnpo generate` first")
     rows = read_records(path, "generations file")
+    if not rows:
+        raise DataError(
+            f"generations file {path} has no records; pass the output of `dnpo generate`"
+        )
     require_fields(rows, GENERATION_FIELDS, path, "generations file")
     return rows
 
@@ -128,16 +138,7 @@ def judge_generations(
     Returns counts for this run.
     """
     generations_path, output_path = Path(generations_path), Path(output_path)
-    if not generations_path.is_file():
-        raise FileNotFoundError(
-            f"generations file {generations_path} not found; run `dnpo generate` first"
-        )
     generations = read_generations(generations_path)
-    if not generations:
-        raise DataError(
-            f"generations file {generations_path} has no records; pass the output of "
-            "`dnpo generate`"
-        )
     if settings is not None:
         check_output_settings(output_path, settings)
     if judge.needs_gold_answer and not any(

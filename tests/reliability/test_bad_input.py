@@ -472,7 +472,7 @@ CASES = [
     Case(
         "pair missing rejected",
         train([{"id": "p0", "prompt": "Q", "chosen": "A"}]),
-        error=("pair p0", "missing rejected", "needs prompt, chosen and rejected"),
+        error=("pairs.jsonl: record 1 (id 'p0') lacks rejected", "needs the keys prompt, chosen"),
     ),
     Case(
         "pairs invalid json line",

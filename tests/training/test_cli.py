@@ -84,3 +84,23 @@ def test_changed_config_names_fields(tmp_path, capsys, monkeypatch):
     assert "pairs:" not in error
     assert "model_path" not in error
     assert len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"id": "b", "prompt": "Hi", "chosen": "x"}, "record 3 (id 'b') lacks rejected"),
+    ({"prompt": "Hi"}, "record 3 lacks chosen, rejected"),
+    ({"id": "b", "prompt": 5, "chosen": "x", "rejected": "y"}, "record 3 (id 'b'): prompt must be"),
+    (["Hi", "x", "y"], "record 3 is not a JSON object (got list)"),
+    ({"id": "0", "prompt": "Hi", "chosen": "x", "rejected": "y"}, "record 3 repeats the id '0' of record 1"),
+])
+def test_invalid_pair_numbered_from_one(tmp_path, capsys, row, message):
+    model = save_tiny_model(tmp_path / "model")
+    pairs = write_pairs(tmp_path / "pairs.jsonl", count=2)
+    with pairs.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    capsys.readouterr()
+    code = main(["train", "--pairs", str(pairs), "--model", str(model), "--output", str(tmp_path / "out")])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"dnpo train: error: pairs file {pairs}: {message}")
+    assert len(error.strip().splitlines()) == 1

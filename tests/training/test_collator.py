@@ -142,11 +142,11 @@ def test_drops_are_counted(tiny_tokenizer):
 
 
 def test_invalid_rows_raise_data_error(tiny_tokenizer):
-    with pytest.raises(DataError, match="missing rejected"):
+    with pytest.raises(DataError, match=r"record 1 \(id 'a'\) lacks rejected"):
         tokenize_pairs(tiny_tokenizer, [{"id": "a", "prompt": "Hi", "chosen": "x"}], 64, 32)
     with pytest.raises(DataError, match="role 'assistant'"):
         tokenize_pairs(tiny_tokenizer, [{"id": "a", "prompt": "Hi", "chosen": "x",
                                          "rejected": {"role": "user", "content": "y"}}], 64, 32)
     duplicate = [{"id": "a", "prompt": "Hi", "chosen": "x", "rejected": "y"}] * 2
-    with pytest.raises(DataError, match="appears twice"):
+    with pytest.raises(DataError, match="record 2 repeats the id 'a' of record 1"):
         tokenize_pairs(tiny_tokenizer, duplicate, 64, 32)

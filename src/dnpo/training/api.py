@@ -258,7 +258,14 @@ def train(
     rows = read_pairs(pairs)
     model_path = resolve_model_path(str(model_path))
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-    tokenized, counts = tokenize_pairs(tokenizer, rows, config.max_length, config.max_prompt_length)
+    try:
+        tokenized, counts = tokenize_pairs(
+            tokenizer, rows, config.max_length, config.max_prompt_length
+        )
+    except DataError as error:
+        if isinstance(pairs, list):
+            raise
+        raise DataError(f"pairs file {pairs}: {error}") from None
     if not tokenized:
         raise DataError(
             f"none of the {counts.pairs_read} pairs can be trained on ({counts.dropped_prompt_too_long} "

@@ -30,6 +30,9 @@ from dnpo.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# Keys that every row of a pairs file needs; `id` is optional.
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
 
 @dataclass
 class TokenizedPair:
@@ -74,26 +77,41 @@ def truncate_completion(completion_ids: list[int], room: int) -> tuple[list[int]
     return completion_ids[:room], True
 
 
+def record_name(row: Any, index: int) -> str:
+    """Name a pair row in messages: `record N` (1-based), plus its id when it has one."""
+    if isinstance(row, dict) and "id" in row:
+        return f"record {index + 1} (id {row['id']!r})"
+    return f"record {index + 1}"
+
+
 def tokenize_pair(
     tokenizer: Any, row: dict[str, Any], index: int, max_length: int, max_prompt_length: int
 ) -> TokenizedPair | str:
     """Tokenize one pair row; return the pair, or the name of the reason it is dropped.
 
-    Raises DataError for a row that is not a valid pair.
+    `index` is 0-based, and messages number the row from 1 as `record N`, as the other
+    dnpo input errors do. Raises DataError for a row that is not a valid pair.
     """
+    record = record_name(row, index)
+    if not isinstance(row, dict):
+        raise DataError(
+            f"{record} is not a JSON object (got {type(row).__name__}); each record needs "
+            f"the keys {', '.join(PAIR_FIELDS)}"
+        )
+    # The fallback id stays 0-based, unlike `record N`, because logps.jsonl files store it.
     pair_id = str(row.get("id", f"row-{index}"))
-    missing = [key for key in ("prompt", "chosen", "rejected") if key not in row]
+    missing = [key for key in PAIR_FIELDS if key not in row]
     if missing:
         raise DataError(
-            f"pair {pair_id} (row {index}) is missing {', '.join(missing)}; "
-            "every pair needs prompt, chosen and rejected"
+            f"{record} lacks {', '.join(missing)}; each record needs the keys "
+            f"{', '.join(PAIR_FIELDS)}"
         )
     try:
         prompt_ids = encode_prompt(tokenizer, row["prompt"])
         chosen_ids = encode_completion(tokenizer, row["chosen"])
         rejected_ids = encode_completion(tokenizer, row["rejected"])
     except ValueError as error:
-        raise DataError(f"pair {pair_id} (row {index}): {error}") from None
+        raise DataError(f"{record}: {error}") from None
 
     if len(prompt_ids) >= max_prompt_length:
         return "dropped_prompt_too_long"
@@ -113,16 +131,19 @@ def tokenize_pairs(
     """Tokenize pair rows, dropping and counting those that cannot train."""
     pairs: list[TokenizedPair] = []
     counts = DataCounts()
-    seen: set[str] = set()
+    first_numbers: dict[str, int] = {}
     for index, row in enumerate(rows):
         counts.pairs_read += 1
         result = tokenize_pair(tokenizer, row, index, max_length, max_prompt_length)
         if isinstance(result, str):
             setattr(counts, result, getattr(counts, result) + 1)
             continue
-        if result.id in seen:
-            raise DataError(f"pair id {result.id!r} appears twice; pair ids must be unique")
-        seen.add(result.id)
+        if result.id in first_numbers:
+            raise DataError(
+                f"record {index + 1} repeats the id {result.id!r} of record "
+                f"{first_numbers[result.id]}; pair ids must be unique"
+            )
+        first_numbers[result.id] = index + 1
         counts.truncated_chosen += result.chosen_truncated
         counts.truncated_rejected += result.rejected_truncated
         pairs.append(result)

@@ -67,3 +67,16 @@ def test_cli_same_run_one_line(tmp_path, capsys):
     code = main(["compare", str(run_a), str(run_a), "--judge", "type=verifier"])
     assert code == 2
     assert "are the same run; pass two different run directories" in capsys.readouterr().err
+
+
+def test_cli_unwritable_out_one_line(tmp_path, capsys):
+    run_a = write_run(tmp_path / "a", {"1": "q1"})
+    run_b = write_run(tmp_path / "b", {"1": "q1"})
+    code = main(["compare", str(run_a), str(run_b), "--judge", "type=verifier",
+                 "--out", "/proc/nope"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--out /proc/nope" in err
+    assert "choose another --out" in err
+    assert "Errno" not in err
+    assert len(err.strip().splitlines()) == 1

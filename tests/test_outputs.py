@@ -108,6 +108,39 @@ def test_cli_uncreatable_output_one_line(tmp_path, capsys):
     assert "create the parent folder or choose another --output" in err
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "output"),
+    [
+        (["generate", "--data", "DATA", "--model", "MISSING"], "--output", "/proc/out.jsonl"),
+        (["judge", "--generations", "DATA"], "--output", "/proc/out.jsonl"),
+        (["train", "--pairs", "DATA", "--model", "MISSING"], "--output", "/proc/nope"),
+        (["label", "--generations", "DATA", "--iteration", "0"], "--output-dir", "/proc/nope"),
+        (["prepare-model"], "--output", "/proc/nope"),
+    ],
+)
+def test_cli_unwritable_output_one_line(tmp_path, capsys, command, option, output):
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, [{"prompt": "1+1?", "response": "2"}])
+    placeholders = {"DATA": str(data), "MISSING": str(tmp_path / "none")}
+    argv = [placeholders.get(arg, arg) for arg in command]
+    code = main([*argv, option, output])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{option} {output}" in err
+    assert f"choose another {option}" in err
+    assert "Errno" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_location_virtual_folder_rejected():
+    with pytest.raises(ConfigError, match="choose another --output-dir") as error:
+        check_output_location("/proc/nope", "--output-dir", folder=True)
+    assert "--output-dir /proc/nope" in str(error.value)
+    with pytest.raises(ConfigError, match="choose another --output") as error:
+        check_output_location("/proc/out.jsonl")
+    assert "the folder /proc for --output /proc/out.jsonl" in str(error.value)
+
+
 def test_train_noise_head_not_safetensors(tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
     write_jsonl(pairs, [{"id": "a", "prompt": "q", "chosen": "x", "rejected": "y"}])

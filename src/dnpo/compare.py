@@ -35,6 +35,7 @@ from dnpo.evaluation.runfiles import (
     run_name,
 )
 from dnpo.io import atomic_write_json, atomic_write_text
+from dnpo.outputs import check_output_location
 
 logger = logging.getLogger(__name__)
 
@@ -353,12 +354,13 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"invalid --iterations {args.iterations!r}; write iteration numbers as 1,2,3"
             ) from None
-    # A bad --iterations value or runs without shared prompts fail here, before a
-    # model judge is loaded.
+    # A bad --iterations value, runs without shared prompts or an unwritable --out
+    # fail here, before a model judge is loaded.
     shared = shared_iterations(run_a, run_b, SOURCES[args.source], only)
     check_comparable(run_a, run_b, SOURCES[args.source], shared)
-    judge = make_judge(load_judge_config(run_a, run_b, args.judge_config, args.judge_overrides))
     out_dir = Path(args.out) if args.out else run_a / f"compare_vs_{run_name(run_b)}"
+    check_output_location(out_dir, "--out", folder=True)
+    judge = make_judge(load_judge_config(run_a, run_b, args.judge_config, args.judge_overrides))
     try:
         report = compare_runs(
             run_a,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dnpo.configbase import ConfigError
+from dnpo.outputs import check_output_location
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_location(args.output, "--output", folder=True)
     path = prepare_default_model(args.output)
     print(path)
     return 0

@@ -1,7 +1,7 @@
 """Checks on a command's output path before any model is loaded.
 
 `check_output_location` rejects an output that cannot be written: a path inside a
-file, or a parent folder that cannot be created. `check_output_settings` protects
+file, or a folder that cannot be created or written to. `check_output_settings` protects
 resumable outputs. `dnpo generate` and `dnpo judge` resume by skipping the ids an
 output file contains, but those records are valid only for the settings that wrote
 them. So the first run stores its settings in OUTPUT.settings.json, and a rerun
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def settings_path(output: str | Path) -> Path:
 def check_output_location(path: str | Path, option: str = "--output", folder: bool = False) -> Path:
     """Raise ConfigError unless `path` can be written; create its missing parent folders.
 
-    `folder` is True for an output folder (train, label) and False for an output file.
+    `folder` is True for an output folder (train, label, compare, prepare-model), which
+    is created too, and False for an output file.
     """
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
@@ -60,7 +62,30 @@ def check_output_location(path: str | Path, option: str = "--output", folder: bo
         raise ConfigError(
             f"the folder {parent} for {option} {path} is not writable; choose another {option}"
         )
+    # For root, os.access passes even where writes fail (in /proc, say), so a real write
+    # decides. An output folder is created here, as its command would create it.
+    check_folder_writable(path if folder else parent, path, option)
     return path
+
+
+def check_folder_writable(folder: Path, path: Path, option: str) -> None:
+    """Create `folder` if missing and write a temporary file in it, or raise ConfigError."""
+    name = f"{option} {path}" if folder == path else f"the folder {folder} for {option} {path}"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create {name}: {error.strerror}; choose another {option} in a folder "
+            "you can write to"
+        ) from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to {name}: {error.strerror}; choose another {option} in a folder "
+            "you can write to"
+        ) from None
 
 
 def check_output_settings(

@@ -246,6 +246,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_run_config(path: Path, fix: str) -> Any:
+    """Read an existing run's config.yaml, raising ConfigError with `fix` when it is not UTF-8 YAML."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = yaml_error_line(error) if isinstance(error, yaml.YAMLError) else "not UTF-8 text"
+        raise ConfigError(f"{path} is not a readable run config ({reason}); {fix}") from None
+
+
 def yaml_error_line(error: yaml.YAMLError) -> str:
     """Describe a YAML syntax error in one line: the problem and its line and column."""
     problem = getattr(error, "problem", None)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from dnpo.config import RunConfig
-from dnpo.configbase import ConfigError, yaml_error_line
+from dnpo.configbase import ConfigError, read_run_config
 from dnpo.io import atomic_write_json, atomic_write_text, read_json
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
     config_path = run_dir / "config.yaml"
     new = config.to_dict()
     if config_path.exists():
-        old = read_run_config(config_path)
+        old = read_run_config(config_path, "move it away or set loop.name to another run name") or {}
         if not isinstance(old, dict) or not set(old) & set(new):
             raise ConfigError(
                 f"{config_path} is not a dnpo run config; move it away or set loop.name to "
@@ -139,18 +139,6 @@ def open_run_dir(config: RunConfig, new_run: bool = False) -> tuple[Path, RunCon
     remove_temporary_files(run_dir)
     atomic_write_text(config_path, yaml.safe_dump(new, sort_keys=False, allow_unicode=True))
     return run_dir, config
-
-
-def read_run_config(path: Path) -> Any:
-    """Read an existing run's config.yaml, raising ConfigError when it is not UTF-8 YAML."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = yaml_error_line(error) if isinstance(error, yaml.YAMLError) else "not UTF-8 text"
-        raise ConfigError(
-            f"{path} is not a readable run config ({reason}); move it away or set loop.name "
-            "to another run name"
-        ) from None
 
 
 def lock_run_dir(run_dir: Path) -> None:

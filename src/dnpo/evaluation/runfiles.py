@@ -14,10 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dnpo.chat import normalize_completion
-from dnpo.configbase import ConfigError, yaml_error_line
+from dnpo.configbase import read_run_config
 from dnpo.io import read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -82,14 +80,7 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = yaml_error_line(error) if isinstance(error, yaml.YAMLError) else "not UTF-8 text"
-        raise ConfigError(
-            f"{path} is not a readable run config ({reason}); restore the config.yaml that "
-            "`dnpo run` wrote there"
-        ) from None
+    data = read_run_config(path, "restore the config.yaml that `dnpo run` wrote there")
     return data if isinstance(data, dict) else {}
 
 

@@ -97,7 +97,8 @@ def accuracy_table(runs: dict[str, dict[int, Path]]) -> tuple[str, dict[str, dic
         lines.append(f"| {method} | {start_cell} | " + " | ".join(cells) + " |")
     seeds = max((len(by_seed) for by_seed in runs.values()), default=0)
     note = (f"Held-out accuracy in points: mean ± standard deviation [min, max] over {seeds} "
-            "seeds. `after iter k` is the model that iteration k trained (M_{k+1}); iteration 0 "
+            f"{'seed' if seeds == 1 else 'seeds'}. "
+            "`after iter k` is the model that iteration k trained (M_{k+1}); iteration 0 "
             "is the same SPIN run for every method of a seed, and every method starts from the same "
             "M_0.")
     return note + "\n\n" + "\n".join(lines) + "\n", {"start": {0: start}, **accuracy}
@@ -192,7 +193,8 @@ def train_signals(runs: dict[str, dict[int, Path]]) -> str:
     """Tabulate step metrics of iterations 1+: the mean over each run's steps, then over seeds."""
     lines = [
         "Training step metrics of iterations 1 and later: the mean over an iteration's optimizer "
-        "steps, then over seeds. The noise shift is how far the noise moves the reference "
+        "steps, then over seeds. The margin is `rewards/margins`: β times the gap between the "
+        "chosen and rejected log-ratios. The noise shift is how far the noise moves the reference "
         "log-prob of the rejected answer, in nats per sequence; '-' where a method has no noise.",
         "",
         "| method | iteration | " + " | ".join(label for _, label in TRAIN_SIGNALS) + " |",

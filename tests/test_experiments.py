@@ -109,6 +109,7 @@ def test_summarize_results_tables(tmp_path):
     assert "| 1 | 2 | 5 | 1 | 8 |" in text
     # Compute counts the shared iteration 0 once per seed: spin 2 x 2 min, dnpo 2 x 1 min.
     assert "6.0 min of stage wall time" in text
+    assert "[min, max] over 2 seeds." in text
     # Step metrics of iteration 1: the mean of steps 1 and 2, equal in both seeds.
     assert "| dnpo | 1 | 1.00 | 3.00 | 1.00 | -2.00 |" in text
     assert "| spin | 1 | 1.00 | 3.00 | - | - |" in text
@@ -212,6 +213,7 @@ def test_heldout_eval_decodes_distinct_models_once(tmp_path):
     assert "| dnpo |" in text
     assert "| dnpo | M_1 |" in text
     assert "| dnpo | M_2 |" not in text
+    assert "[min, max] over 1 seed." in text
 
 
 def test_heldout_eval_missing_runs_creates_nothing(tmp_path):

@@ -136,8 +136,8 @@ def tables(scores: dict[tuple[int, str, int], dict[str, bool]], size: int) -> st
     models = sorted({index for _, _, index in scores})
     lines = [
         f"Held-out accuracy on {size} new problems, in points: mean ± standard deviation "
-        f"[min, max] over {len(seeds)} {'seed' if len(seeds) == 1 else 'seeds'}. M_0 is the start model; M_k is the model "
-        f"iteration k - 1 trained.", "",
+        f"[min, max] over {len(seeds)} {'seed' if len(seeds) == 1 else 'seeds'}. "
+        "M_0 is the start model; M_k is the model iteration k - 1 trained.", "",
         "| method | " + " | ".join(f"M_{m}" for m in models) + " |",
         "|---|" + "---|" * len(models),
     ]

@@ -14,7 +14,7 @@ and --plot (PNG):
   per seed.
 
     python experiments/summarize_results.py --runs experiments/runs/default \\
-        --tables experiments/runs/default/tables.md --plot docs/results/accuracy_default.png
+        --tables experiments/runs/default/tables.md --plot experiments/runs/default/accuracy.png
 """
 
 from __future__ import annotations

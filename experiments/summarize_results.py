@@ -95,10 +95,12 @@ def accuracy_table(runs: dict[str, dict[int, Path]]) -> tuple[str, dict[str, dic
     for method, per_iteration in accuracy.items():
         cells = [spread(per_iteration[k]) if k in per_iteration else "-" for k in iterations]
         lines.append(f"| {method} | {start_cell} | " + " | ".join(cells) + " |")
-    seeds = max((len(by_seed) for by_seed in runs.values()), default=0)
-    note = (f"Held-out accuracy in points: mean ± standard deviation [min, max] over {seeds} "
-            f"{'seed' if seeds == 1 else 'seeds'}. "
-            "`after iter k` is the model that iteration k trained (M_{k+1}); iteration 0 "
+    seeds = seed_count(runs)
+    if seeds == 1:
+        note = f"Held-out accuracy in points{over_seeds(runs, '')}. "
+    else:
+        note = f"Held-out accuracy in points: mean ± standard deviation [min, max] over {seeds} seeds. "
+    note += ("`after iter k` is the model that iteration k trained (M_{k+1}); iteration 0 "
             "is the same SPIN run for every method of a seed, and every method starts from the same "
             "M_0.")
     return note + "\n\n" + "\n".join(lines) + "\n", {"start": {0: start}, **accuracy}
@@ -131,7 +133,8 @@ def verifier_rates(runs: dict[str, dict[int, Path]]) -> str:
                         total["tie"] += 1
     lines = [
         "Training answers of each iteration against the human references, scored by the "
-        "verifier (100 if the final answer equals the gold answer, else 0), summed over seeds.",
+        "verifier (100 if the final answer equals the gold answer, else 0)"
+        f"{over_seeds(runs, 'summed')}.",
         "",
         "| method | iteration | answers | generated correct | generated wins | ties | reference wins |",
         "|---|---|---|---|---|---|---|",
@@ -170,7 +173,7 @@ def head_to_head(runs: dict[str, dict[int, Path]], method_a: str, method_b: str,
                 total[field] += summary[field]
     lines = [
         f"Greedy held-out answers of {method_a} and {method_b} on the same problems, scored by "
-        f"the verifier with `dnpo compare --source eval_generations`, summed over seeds. A win "
+        f"the verifier with `dnpo compare --source eval_generations`{over_seeds(runs, 'summed')}. A win "
         f"is a problem {method_a} answers correctly and {method_b} does not.",
         "",
         f"| after iter | {method_a} wins | ties | {method_b} wins | problems |",
@@ -193,8 +196,8 @@ def train_signals(runs: dict[str, dict[int, Path]]) -> str:
     """Tabulate step metrics of iterations 1+: the mean over each run's steps, then over seeds."""
     lines = [
         "Training step metrics of iterations 1 and later: the mean over an iteration's optimizer "
-        "steps, then over seeds. The margin is `rewards/margins`: β times the gap between the "
-        "chosen and rejected log-ratios. The noise shift is how far the noise moves the reference "
+        f"steps{over_seeds(runs, 'then the mean')}. The margin is `rewards/margins`: β times the "
+        "gap between the chosen and rejected log-ratios. The noise shift is how far the noise moves the reference "
         "log-prob of the rejected answer, in nats per sequence; '-' where a method has no noise.",
         "",
         "| method | iteration | " + " | ".join(label for _, label in TRAIN_SIGNALS) + " |",
@@ -234,7 +237,7 @@ def compute_time(runs: dict[str, dict[int, Path]]) -> str:
             "the shared iteration 0 of every seed).\n")
 
 
-def plot_accuracy(accuracy: dict[str, dict[int, list[float]]], path: Path) -> None:
+def plot_accuracy(accuracy: dict[str, dict[int, list[float]]], path: Path, several_seeds: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,13 +261,24 @@ def plot_accuracy(accuracy: dict[str, dict[int, list[float]]], path: Path) -> No
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_xlabel("model M_k (k = iterations trained)")
     axis.set_ylabel("held-out accuracy (points)")
-    axis.set_title("Held-out accuracy: mean over seeds, band = min to max")
+    axis.set_title("Held-out accuracy: mean over seeds, band = min to max" if several_seeds
+                   else "Held-out accuracy")
     axis.grid(alpha=0.3)
     axis.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def seed_count(runs: dict[str, dict[int, Path]]) -> int:
+    return len({seed for by_seed in runs.values() for seed in by_seed})
+
+
+def over_seeds(runs: dict[str, dict[int, Path]], how: str) -> str:
+    """Return ', HOW over seeds' for several seeds, or ', seed S' for a single one."""
+    seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
+    return f", {how} over seeds" if len(seeds) > 1 else f", seed {seeds[0]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(sections)
     Path(args.tables).parent.mkdir(parents=True, exist_ok=True)
     Path(args.tables).write_text(text, encoding="utf-8")
-    plot_accuracy(accuracy, Path(args.plot))
+    plot_accuracy(accuracy, Path(args.plot), several_seeds=seed_count(runs) > 1)
     print(text)
     return 0
 

@@ -117,6 +117,22 @@ def test_summarize_results_tables(tmp_path):
     assert plot.stat().st_size > 0
 
 
+def test_summarize_results_single_seed_names_the_seed(tmp_path):
+    pytest.importorskip("matplotlib")
+    summarize = load_script("summarize_results")
+    fake_run(tmp_path / "seed3" / "spin", [0.5, 0.5], [{"p1", "p2"}, {"p1", "p2"}])
+    fake_run(tmp_path / "seed3" / "dnpo", [0.5, 0.75], [{"p1", "p2"}, {"p1", "p2", "p3"}])
+    tables, plot = tmp_path / "tables.md", tmp_path / "accuracy.png"
+
+    assert summarize.main(["--runs", str(tmp_path), "--tables", str(tables), "--plot", str(plot)]) == 0
+
+    text = tables.read_text()
+    assert "Held-out accuracy in points, seed 3." in text
+    assert "| dnpo | 25.0 | 50.0 | 75.0 |" in text
+    assert "over seeds" not in text
+    assert "±" not in text
+
+
 def test_rerun_skips_finished_iteration_zero(tmp_path, monkeypatch):
     run_results = load_script("run_results")
     manifest = tmp_path / "seed0" / "spin" / "iter_0" / "manifest.json"

@@ -275,10 +275,10 @@ def seed_count(runs: dict[str, dict[int, Path]]) -> int:
     return len({seed for by_seed in runs.values() for seed in by_seed})
 
 
-def over_seeds(runs: dict[str, dict[int, Path]], how: str) -> str:
-    """Return ', HOW over seeds' for several seeds, or ', seed S' for a single one."""
+def over_seeds(runs: dict[str, dict[int, Path]], aggregate: str) -> str:
+    """Return ', AGGREGATE over seeds' for several seeds, or ', seed S' for a single seed."""
     seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
-    return f", {how} over seeds" if len(seeds) > 1 else f", seed {seeds[0]}"
+    return f", {aggregate} over seeds" if len(seeds) > 1 else f", seed {seeds[0]}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,7 +117,7 @@ def test_summarize_results_tables(tmp_path):
     assert plot.stat().st_size > 0
 
 
-def test_summarize_results_single_seed_names_the_seed(tmp_path):
+def test_single_seed_tables_name_seed(tmp_path):
     pytest.importorskip("matplotlib")
     summarize = load_script("summarize_results")
     fake_run(tmp_path / "seed3" / "spin", [0.5, 0.5], [{"p1", "p2"}, {"p1", "p2"}])

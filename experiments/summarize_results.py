@@ -79,15 +79,17 @@ def spread(values: list[float]) -> str:
 
 def accuracy_table(runs: dict[str, dict[int, Path]]) -> tuple[str, dict[str, dict[int, list[float]]]]:
     accuracy: dict[str, dict[int, list[float]]] = {}
-    start: list[float] = []
+    # Every method of a seed shares iteration 0, so any of them gives the start model's accuracy.
+    start_by_seed: dict[int, float] = {}
     for method, by_seed in runs.items():
-        for _seed, run_dir in sorted(by_seed.items()):
+        for seed, run_dir in sorted(by_seed.items()):
             rows = summary_rows(run_dir)
             for iteration, row in rows.items():
                 if row.get("accuracy") is not None:
                     accuracy.setdefault(method, {}).setdefault(iteration, []).append(row["accuracy"])
-            if method == "spin" and rows.get(0, {}).get("start_accuracy") is not None:
-                start.append(rows[0]["start_accuracy"])
+            if rows.get(0, {}).get("start_accuracy") is not None:
+                start_by_seed.setdefault(seed, rows[0]["start_accuracy"])
+    start = [start_by_seed[seed] for seed in sorted(start_by_seed)]
     iterations = sorted({k for per_method in accuracy.values() for k in per_method})
     start_cell = spread(start) if start else "-"
     header = "| method | start model (M_0) | " + " | ".join(f"after iter {k}" for k in iterations) + " |"

@@ -49,7 +49,7 @@ def test_failed_and_missing_counted_apart(tmp_path, caplog):
         label_to_files(generations, judgments, 1, tmp_path / "out")
     messages = warnings(caplog)
     assert any(m.startswith("1 of 3 prompts have no judgment") for m in messages)
-    assert "1 prompts had a failed judge call (on_judge_failure=spin)" in messages
+    assert "1 prompt had a failed judge call (on_judge_failure=spin)" in messages
 
 
 def test_judgment_without_id_names_file(tmp_path):

@@ -27,6 +27,7 @@ from typing import Any
 from dnpo.configbase import ConfigError
 from dnpo.io import atomic_write_json, atomic_write_text
 from dnpo.judges.runner import SIDES, error_kind, load_judgments, read_generations
+from dnpo.messages import format_count
 from dnpo.outputs import check_output_location
 
 logger = logging.getLogger(__name__)
@@ -277,11 +278,13 @@ def label_to_files(
         )
     if failed:
         logger.warning(
-            "%d prompts had a failed judge call (on_judge_failure=%s)", failed, on_judge_failure
+            "%s had a failed judge call (on_judge_failure=%s)",
+            format_count(failed, "prompt"),
+            on_judge_failure,
         )
     logger.info(
-        "Wrote %d pairs to %s (generated win rate %s)",
-        len(pairs),
+        "Wrote %s to %s (generated win rate %s)",
+        format_count(len(pairs), "pair"),
         output_dir / "pairs.jsonl",
         stats["generated_win_rate"],
     )

@@ -52,6 +52,31 @@ def test_failed_and_missing_counted_apart(tmp_path, caplog):
     assert "1 prompt had a failed judge call (on_judge_failure=spin)" in messages
 
 
+def test_label_cli_counts_empty_answers(tmp_path, caplog, capsys):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [
+        generation(1, generated=""),
+        generation(2, generated="   "),
+        generation(3, reference=""),
+        generation(4),
+    ])
+    with caplog.at_level(logging.WARNING, logger="dnpo.labeling"):
+        code = main(["label", "--generations", str(generations), "--iteration", "0",
+                     "--output-dir", str(tmp_path / "out")])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["skipped"] == {"empty_reference": 1}
+    assert stats["empty_generated"] == 2
+    assert stats["pairs"] == 3
+    pairs = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    assert all(pair["chosen"].strip() for pair in pairs)
+    messages = warnings(caplog)
+    assert any(m.startswith(f"Skipped 1 prompt of {generations} with an empty") for m in messages)
+    assert any(
+        m.startswith(f"Empty or whitespace-only generated answers in {generations}: 2 of 4")
+        for m in messages
+    )
+
+
 def test_judgment_without_id_names_file(tmp_path):
     generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1)])
     judgments = write_jsonl(tmp_path / "judgments.jsonl", [{"reference": side(1)}])

@@ -6,6 +6,11 @@ Rules, per prompt:
 - Otherwise the answer with the higher score is chosen; a tie keeps the reference, or
   drops the pair when `on_tie` is `drop`.
 - A generated answer equal to the reference (after stripping whitespace) gives no pair.
+- A prompt whose reference is empty or whitespace-only gives no pair (`empty_reference`).
+- An empty or whitespace-only generated answer is a real model output (the model
+  stopped at once), so it stays as the rejected answer and is counted in
+  `empty_generated`. It is never chosen: a pair where the judge prefers it is skipped
+  (`empty_chosen`).
 - A generated answer that hit the length limit (`finish_reason` `length`) is never
   chosen, even with the higher score.
 - A prompt whose judge call failed on either side gets the SPIN label
@@ -62,6 +67,11 @@ def build_pairs(
         count_outcome(counts, reference_score, generated_score)
         truncated = row.get("finish_reason") == "length"
         counts["generated_truncated"] += truncated
+        generated_empty = not row["generated"].strip()
+        counts["empty_generated"] += generated_empty
+        if not row["reference"].strip():
+            counts["skipped/empty_reference"] += 1
+            continue
         if row["generated"].strip() == row["reference"].strip():
             counts["skipped/identical_to_reference"] += 1
             continue
@@ -83,6 +93,9 @@ def build_pairs(
             if generated_chosen and truncated:
                 counts["truncated_not_chosen"] += 1
                 generated_chosen = False
+        if generated_chosen and generated_empty:
+            counts["skipped/empty_chosen"] += 1
+            continue
         pair = make_pair(row, generated_chosen, reference_score, generated_score, label_source)
         counts[f"label_source/{label_source}"] += 1
         counts[f"chosen_source/{pair['chosen_source']}"] += 1
@@ -162,6 +175,7 @@ def label_stats(
         "skipped": prefixed(counts, "skipped/"),
         "generated_truncated": counts["generated_truncated"],
         "truncated_not_chosen": counts["truncated_not_chosen"],
+        "empty_generated": counts["empty_generated"],
         "judge_failed": counts["judge_failed"],
         "judgment_missing": counts["judgment_missing"],
         "judged": judged,
@@ -264,6 +278,7 @@ def label_to_files(
     atomic_write_json(output_dir / "labels.json", stats)
     if not pairs:
         logger.warning("No pairs for iteration %d; labels.json lists the skip counts", iteration)
+    warn_empty_answers(stats, generations_path)
     missing = stats["judgment_missing"]
     failed = stats["judge_failed"] - missing
     if missing:
@@ -289,6 +304,28 @@ def label_to_files(
         stats["generated_win_rate"],
     )
     return stats
+
+
+def warn_empty_answers(stats: dict[str, Any], generations_path: Path) -> None:
+    """Log the empty references and generated answers that labeling counted."""
+    skipped = stats["skipped"]
+    if skipped.get("empty_reference"):
+        logger.warning(
+            "Skipped %s of %s with an empty or whitespace-only reference (labels.json "
+            "skipped.empty_reference); fill in the references in the dataset",
+            format_count(skipped["empty_reference"], "prompt"),
+            generations_path,
+        )
+    if stats["empty_generated"]:
+        logger.warning(
+            "Empty or whitespace-only generated answers in %s: %d of %d (labels.json "
+            "empty_generated). They stay as rejected answers because the model output them; "
+            "pairs where the judge preferred one were skipped (skipped.empty_chosen: %d)",
+            generations_path,
+            stats["empty_generated"],
+            stats["generations"],
+            skipped.get("empty_chosen", 0),
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -356,7 +356,7 @@ def _logp_section(run_dir: Path, found: list[int], evals: dict[int, dict]) -> st
                 "5% noise level",
                 "Threshold",
                 "Mean shift (std)",
-                "Stagnant",
+                "Verdict",
             ],
             [[f"M_{r[0]}", f"iter {r[0]} vs {r[1]}", *r[2:]] for r in stagnation_rows],
         )

@@ -96,6 +96,15 @@ def test_bad_rows_skipped_by_reason(tmp_path, caplog):
     assert "Skipped 8 rows" in caplog.text
 
 
+def test_one_skipped_row_singular_message(tmp_path, caplog):
+    rows = [{"prompt": "Q?", "response": "A."}, {"prompt": "", "response": "A."}]
+    with caplog.at_level(logging.INFO, logger="dnpo.data"):
+        examples, skipped = load(write_jsonl(tmp_path / "rows.jsonl", rows))
+    assert skipped == {"empty_prompt": 1}
+    assert "Skipped 1 row of " in caplog.text
+    assert "Loaded 1 example (" in caplog.text
+
+
 def test_prompt_response_missing_fields(tmp_path):
     rows = [
         {"prompt": "Q1", "response": "A1"},

@@ -77,3 +77,21 @@ def test_report_lists_failed_judge_calls(tmp_path):
     assert expected in section
     assert "| 1 | 0.000 | 0.000 | 1.000 |" in section  # win/tie/loss read from labels.json
     assert "| judge failures |" in text
+
+
+def test_report_lists_invalid_judgment_records(tmp_path):
+    config, run_dir = make_run(tmp_path)
+    iter_1 = run_dir / "iter_1"
+    write_jsonl(iter_1 / "judgments.jsonl", [
+        {"id": "p0", "reference": side(90), "generated": side(10)},
+        {"id": "p2", "reference": side(80), "generated": {"score": "high", "raw": "", "error": None}},
+    ])
+    label_to_files(iter_1 / "generations.jsonl", iter_1 / "judgments.jsonl", 1, iter_1)
+    write_summary(run_dir, [summary_row(config, run_dir / f"iter_{k}", k) for k in (0, 1)])
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    expected = (
+        "Judge failures per iteration: iter 1: 1 of 6 calls failed, 2 of 3 prompts labeled "
+        "without the judge (0 of them had no judgment, 1 an invalid judgment record), "
+        "on_judge_failure=spin."
+    )
+    assert expected in text

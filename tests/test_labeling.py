@@ -99,6 +99,38 @@ def test_identical_answer_gives_no_pair():
     assert stats["pairs"] == 1
 
 
+@pytest.mark.parametrize("reference", ["", "   \n"])
+def test_empty_reference_gives_no_pair(reference):
+    generations = [generation("empty", reference=reference), generation("ok")]
+    for iteration, judgments in ((0, None), (1, [judgment("empty", 0, 90), judgment("ok", 1, 2)])):
+        pairs, stats = build_pairs(generations, judgments, iteration)
+        assert [p["id"] for p in pairs] == ["ok"]
+        assert stats["skipped"] == {"empty_reference": 1}
+        assert stats["pairs"] == 1
+
+
+@pytest.mark.parametrize("generated", ["", "   "])
+def test_empty_generated_is_rejected_and_counted(generated):
+    generations = [generation("empty", generated=generated), generation("ok")]
+    pairs, stats = build_pairs(generations, None, 0)
+    assert [p["rejected"] for p in pairs] == [generated, "model answer"]
+    assert [p["chosen"] for p in pairs] == ["human answer", "human answer"]
+    assert stats["empty_generated"] == 1
+    assert stats["skipped"] == {}
+
+
+def test_empty_generated_never_chosen():
+    generations = [generation("win", generated=""), generation("loss", generated=" ")]
+    judgments = [judgment("win", 10, 90), judgment("loss", 90, 10)]
+    pairs, stats = build_pairs(generations, judgments, 1)
+    assert [p["id"] for p in pairs] == ["loss"]
+    assert pairs[0]["chosen"] == "human answer"
+    assert pairs[0]["rejected"] == " "
+    assert stats["skipped"] == {"empty_chosen": 1}
+    assert stats["empty_generated"] == 2
+    assert stats["generated_wins"] == 1
+
+
 def test_truncated_generation_is_never_chosen():
     generations = [
         generation("cut", finish_reason="length"),

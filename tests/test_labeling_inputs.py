@@ -49,7 +49,102 @@ def test_failed_and_missing_counted_apart(tmp_path, caplog):
         label_to_files(generations, judgments, 1, tmp_path / "out")
     messages = warnings(caplog)
     assert any(m.startswith("1 of 3 prompts have no judgment") for m in messages)
-    assert "1 prompts had a failed judge call (on_judge_failure=spin)" in messages
+    assert "1 prompt had a failed judge call (on_judge_failure=spin)" in messages
+
+
+def test_label_cli_counts_empty_answers(tmp_path, caplog, capsys):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [
+        generation(1, generated=""),
+        generation(2, generated="   "),
+        generation(3, reference=""),
+        generation(4),
+    ])
+    with caplog.at_level(logging.WARNING, logger="dnpo.labeling"):
+        code = main(["label", "--generations", str(generations), "--iteration", "0",
+                     "--output-dir", str(tmp_path / "out")])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["skipped"] == {"empty_reference": 1}
+    assert stats["empty_generated"] == 2
+    assert stats["pairs"] == 3
+    pairs = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    assert all(pair["chosen"].strip() for pair in pairs)
+    messages = warnings(caplog)
+    assert any(m.startswith(f"Skipped 1 prompt of {generations} with an empty") for m in messages)
+    assert any(
+        m.startswith(f"Empty or whitespace-only generated answers in {generations}: 2 of 4")
+        for m in messages
+    )
+
+
+def test_invalid_scores_counted_by_kind(tmp_path, caplog):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(i) for i in range(4)])
+    judgments = tmp_path / "judgments.jsonl"
+    judgments.write_text("".join(
+        json.dumps({"id": f"p{i}", "reference": side(90), "generated": side(score)}) + "\n"
+        for i, score in enumerate(["high", None, float("nan"), 1e9])
+    ), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="dnpo.labeling"):
+        stats = label_to_files(generations, judgments, 1, tmp_path / "out")
+    assert stats["judge_failed"] == 4
+    assert stats["judgment_invalid"] == 4
+    assert stats["judge_failed_by_kind"] == {"invalid_score": 3, "missing_score": 1}
+    assert stats["judge"]["failed_calls"] == 0
+    assert stats["judge"]["failed_calls_by_kind"] == {}
+    assert stats["judge"]["invalid_results"] == 4
+    assert stats["judge"]["invalid_results_by_kind"] == {"invalid_score": 3, "missing_score": 1}
+    assert stats["first_invalid_judgment"] == (
+        "id 'p0': the generated score 'high' is not an integer in 0-100"
+    )
+    messages = warnings(caplog)
+    assert not any("failed judge call" in m for m in messages)
+    invalid = [m for m in messages if m.startswith("Prompts with an invalid judgment record")]
+    assert len(invalid) == 1
+    assert f"in {judgments}: 4 (invalid_score: 3, missing_score: 1)" in invalid[0]
+    assert "The first is id 'p0': the generated score 'high' is not an integer" in invalid[0]
+
+
+def test_judgment_wrong_keys_not_failed_call(tmp_path, caplog):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1), generation(2)])
+    judgments = write_jsonl(tmp_path / "judgments.jsonl", [
+        {"id": "p1", "ref": side(90), "gen": side(10)},
+        {"id": "p2", "reference": side(90), "generated": side(None, "api: HTTP 500")},
+    ])
+    with caplog.at_level(logging.WARNING, logger="dnpo.labeling"):
+        stats = label_to_files(generations, judgments, 1, tmp_path / "out")
+    assert stats["judge_failed"] == 2
+    assert stats["judge_failed_by_kind"] == {"api": 1, "missing_result": 1}
+    assert stats["judgment_invalid"] == 1
+    assert stats["judge"]["failed_calls_by_kind"] == {"api": 1}
+    assert stats["judge"]["invalid_results_by_kind"] == {"missing_result": 2}
+    assert stats["first_invalid_judgment"] == (
+        "id 'p1': the record has no reference result (its keys: id, ref, gen)"
+    )
+    messages = warnings(caplog)
+    assert "1 prompt had a failed judge call (on_judge_failure=spin)" in messages
+    assert any("invalid judgment record" in m and "(missing_result: 1)" in m for m in messages)
+
+
+def test_unmatched_judgments_counted(tmp_path, caplog):
+    generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1)])
+    judgments = write_jsonl(tmp_path / "judgments.jsonl", [
+        {"id": "other", "reference": side(90), "generated": side(10)},
+        {"id": "p1", "reference": side(90), "generated": side(10)},
+        {"id": "stale", "reference": side(90), "generated": side(10)},
+    ])
+    with caplog.at_level(logging.WARNING, logger="dnpo.labeling"):
+        stats = label_to_files(generations, judgments, 1, tmp_path / "out")
+    assert stats["pairs"] == 1
+    assert stats["judge_failed"] == 0
+    assert stats["judgments_unmatched"] == 2
+    assert stats["first_unmatched_judgment_id"] == "other"
+    assert stats["judge"]["calls"] == 2
+    messages = warnings(caplog)
+    expected = (
+        f"Judgments in {judgments} whose id matches no generation in {generations}: 2, "
+        "ignored (the first is id 'other')"
+    )
+    assert any(m.startswith(expected) for m in messages)
 
 
 def test_judgment_without_id_names_file(tmp_path):

@@ -30,6 +30,7 @@ from typing import Any
 from dnpo.chat import normalize_completion, normalize_prompt
 from dnpo.configbase import ConfigError, Section, option
 from dnpo.errors import DataError
+from dnpo.messages import format_count
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +146,15 @@ def load_sft_examples(config: DataConfig) -> tuple[list[Example], dict[str, int]
         )
     if skip_counts:
         logger.warning(
-            "Skipped %d rows of %s: %s", sum(skip_counts.values()), config.path, skip_counts
+            "Skipped %s of %s: %s",
+            format_count(sum(skip_counts.values()), "row"),
+            config.path,
+            skip_counts,
         )
     examples = subsample(examples, config.max_examples, config.seed)
-    logger.info("Loaded %d examples (%s format) from %s", len(examples), fmt, config.path)
+    logger.info(
+        "Loaded %s (%s format) from %s", format_count(len(examples), "example"), fmt, config.path
+    )
     return examples, skip_counts
 
 

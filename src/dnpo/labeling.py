@@ -6,10 +6,20 @@ Rules, per prompt:
 - Otherwise the answer with the higher score is chosen; a tie keeps the reference, or
   drops the pair when `on_tie` is `drop`.
 - A generated answer equal to the reference (after stripping whitespace) gives no pair.
+- A prompt whose reference is empty or whitespace-only gives no pair (`empty_reference`).
+- An empty or whitespace-only generated answer is a real model output (the model
+  stopped at once), so it stays as the rejected answer and is counted in
+  `empty_generated`. It is never chosen: a pair where the judge prefers it is skipped
+  (`empty_chosen`).
 - A generated answer that hit the length limit (`finish_reason` `length`) is never
   chosen, even with the higher score.
-- A prompt whose judge call failed on either side gets the SPIN label
-  (`label_source` `judge_failed`) or is dropped, as `on_judge_failure` says.
+- A prompt without a usable score on either side gets the SPIN label
+  (`label_source` `judge_failed`) or is dropped, as `on_judge_failure` says. That
+  covers a missing judgment, a failed judge call, and an invalid judgment record (no
+  result for a side, no score, or a score that is not an integer in 0-100).
+  labels.json counts these prompts by kind in `judge_failed_by_kind`.
+- Judgments whose id matches no generation are ignored and counted
+  (`judgments_unmatched`).
 
 `label_to_files` writes pairs.jsonl and labels.json (counts, the generated answers'
 win/tie/loss rates against the references, mean scores and judge usage).
@@ -27,6 +37,7 @@ from typing import Any
 from dnpo.configbase import ConfigError
 from dnpo.io import atomic_write_json, atomic_write_text
 from dnpo.judges.runner import SIDES, error_kind, load_judgments, read_generations
+from dnpo.messages import format_count
 from dnpo.outputs import check_output_location
 
 logger = logging.getLogger(__name__)
@@ -34,6 +45,9 @@ logger = logging.getLogger(__name__)
 ON_JUDGE_FAILURE = ("spin", "drop")
 ON_TIE = ("reference", "drop")
 PERCENTILES = (50, 90, 99)
+# Kinds of judgment results that `dnpo judge` never writes, as opposed to judge-call
+# failures, whose kind is the prefix of their `error` (parse, api, timeout, ...).
+INVALID_RESULT_KINDS = ("missing_result", "missing_score", "invalid_score")
 
 
 def build_pairs(
@@ -55,20 +69,26 @@ def build_pairs(
     use_judge = iteration > 0 and judgments is not None
     counts: Counter[str] = Counter()
     pairs = []
+    first_invalid = None
     for row in generations:
         judgment = (judgments or {}).get(row["id"])
         reference_score, generated_score = scores_of(judgment)
         count_outcome(counts, reference_score, generated_score)
         truncated = row.get("finish_reason") == "length"
         counts["generated_truncated"] += truncated
+        generated_empty = not row["generated"].strip()
+        counts["empty_generated"] += generated_empty
+        if not row["reference"].strip():
+            counts["skipped/empty_reference"] += 1
+            continue
         if row["generated"].strip() == row["reference"].strip():
             counts["skipped/identical_to_reference"] += 1
             continue
         if not use_judge:
             label_source, generated_chosen = "spin", False
         elif reference_score is None or generated_score is None:
-            counts["judge_failed"] += 1
-            counts["judgment_missing"] += judgment is None
+            invalid = count_judge_failure(counts, row["id"], judgment)
+            first_invalid = first_invalid or invalid
             if on_judge_failure == "drop":
                 counts["skipped/judge_failed"] += 1
                 continue
@@ -82,26 +102,74 @@ def build_pairs(
             if generated_chosen and truncated:
                 counts["truncated_not_chosen"] += 1
                 generated_chosen = False
+        if generated_chosen and generated_empty:
+            counts["skipped/empty_chosen"] += 1
+            continue
         pair = make_pair(row, generated_chosen, reference_score, generated_score, label_source)
         counts[f"label_source/{label_source}"] += 1
         counts[f"chosen_source/{pair['chosen_source']}"] += 1
         pairs.append(pair)
     stats = label_stats(counts, generations, judgments, iteration, on_judge_failure, len(pairs))
     stats["on_tie"] = on_tie
+    stats["first_invalid_judgment"] = first_invalid
     return pairs, stats
 
 
 def scores_of(judgment: dict[str, Any] | None) -> tuple[int | None, int | None]:
     if judgment is None:
         return None, None
-    return tuple(side_score(judgment.get(side)) for side in SIDES)  # type: ignore[return-value]
+    scores = [
+        None if side_problem(judgment, side) else judgment[side]["score"] for side in SIDES
+    ]
+    return scores[0], scores[1]
 
 
-def side_score(result: Any) -> int | None:
-    if not isinstance(result, dict) or result.get("error"):
-        return None
+def side_problem(judgment: dict[str, Any], side: str) -> tuple[str, str] | None:
+    """Return the kind and a description of why a judgment side has no usable score, or None.
+
+    A judge-call failure has the kind of its error (`parse`, `api`, ...). The kinds in
+    INVALID_RESULT_KINDS are for records that `dnpo judge` never writes: no result for
+    the side, a result with neither score nor error, or a score that is not an integer
+    in 0-100.
+    """
+    result = judgment.get(side)
+    if result is None:
+        keys = ", ".join(str(key) for key in judgment)
+        return "missing_result", f"the record has no {side} result (its keys: {keys})"
+    error = result.get("error")
+    if error:
+        return error_kind(str(error)), f"the {side} judge call failed: {error}"
     score = result.get("score")
-    return score if isinstance(score, int) and not isinstance(score, bool) else None
+    if score is None:
+        keys = ", ".join(str(key) for key in result)
+        return "missing_score", f"the {side} result has no score and no error (its keys: {keys})"
+    if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
+        return "invalid_score", f"the {side} score {score!r} is not an integer in 0-100"
+    return None
+
+
+def count_judge_failure(
+    counts: Counter[str], item_id: str, judgment: dict[str, Any] | None
+) -> str | None:
+    """Count a prompt without usable judge scores under one kind.
+
+    The kind is `judgment_missing`, else the first invalid-record kind of its sides,
+    else the first judge error kind. Returns a description naming the id when the
+    record is invalid, and None otherwise.
+    """
+    counts["judge_failed"] += 1
+    if judgment is None:
+        counts["judgment_missing"] += 1
+        counts["judge_failed_by_kind/judgment_missing"] += 1
+        return None
+    problems = [problem for side in SIDES if (problem := side_problem(judgment, side))]
+    invalid = [problem for problem in problems if problem[0] in INVALID_RESULT_KINDS]
+    kind, description = (invalid or problems)[0]
+    counts[f"judge_failed_by_kind/{kind}"] += 1
+    if not invalid:
+        return None
+    counts["judgment_invalid"] += 1
+    return f"id {item_id!r}: {description}"
 
 
 def count_outcome(
@@ -161,8 +229,11 @@ def label_stats(
         "skipped": prefixed(counts, "skipped/"),
         "generated_truncated": counts["generated_truncated"],
         "truncated_not_chosen": counts["truncated_not_chosen"],
+        "empty_generated": counts["empty_generated"],
         "judge_failed": counts["judge_failed"],
+        "judge_failed_by_kind": prefixed(counts, "judge_failed_by_kind/"),
         "judgment_missing": counts["judgment_missing"],
+        "judgment_invalid": counts["judgment_invalid"],
         "judged": judged,
         "generated_wins": counts["generated_wins"],
         "ties": counts["ties"],
@@ -173,29 +244,40 @@ def label_stats(
         "mean_reference_score": rate(counts["reference_score_sum"], judged),
         "mean_generated_score": rate(counts["generated_score_sum"], judged),
     }
+    ids = {row["id"] for row in generations}
+    unmatched = [i for i in judgments or {} if i not in ids]
+    stats["judgments_unmatched"] = len(unmatched)
+    stats["first_unmatched_judgment_id"] = unmatched[0] if unmatched else None
     if judgments is not None:
-        ids = {row["id"] for row in generations}
         stats["judge"] = judge_usage([judgments[i] for i in ids if i in judgments])
     return stats
 
 
 def judge_usage(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the judge's calls, failures by kind, retries and tokens; add latency percentiles (s)."""
+    """Sum the judge's calls, failures and invalid results by kind, retries and tokens.
+
+    Adds latency percentiles in seconds. A side of a record counts as one call, and
+    a side without a usable score as a failed call or, for the kinds in
+    INVALID_RESULT_KINDS, an invalid result.
+    """
     totals: Counter[str] = Counter()
     errors: Counter[str] = Counter()
+    invalid: Counter[str] = Counter()
     latencies = []
     for record in records:
         usage_by_side = record.get("usage")
         if not isinstance(usage_by_side, dict):
             usage_by_side = {}
         for side in SIDES:
-            result = record.get(side) or {}
             usage = usage_by_side.get(side)
             if not isinstance(usage, dict):
                 usage = {}
             totals["calls"] += 1
-            if result.get("error") or result.get("score") is None:
-                errors[error_kind(result.get("error"))] += 1
+            problem = side_problem(record, side)
+            if problem and problem[0] in INVALID_RESULT_KINDS:
+                invalid[problem[0]] += 1
+            elif problem:
+                errors[problem[0]] += 1
             totals["cached"] += bool(usage.get("cached"))
             totals["retries"] += int(usage.get("retries") or 0)
             totals["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
@@ -210,6 +292,8 @@ def judge_usage(records: list[dict[str, Any]]) -> dict[str, Any]:
         "failed_calls": sum(errors.values()),
         "parse_failures": errors["parse"],
         "failed_calls_by_kind": dict(sorted(errors.items())),
+        "invalid_results": sum(invalid.values()),
+        "invalid_results_by_kind": dict(sorted(invalid.items())),
         "latency_s": percentiles(latencies),
     }
 
@@ -263,29 +347,90 @@ def label_to_files(
     atomic_write_json(output_dir / "labels.json", stats)
     if not pairs:
         logger.warning("No pairs for iteration %d; labels.json lists the skip counts", iteration)
+    warn_empty_answers(stats, generations_path)
+    if judgments_path is not None:
+        warn_judge_problems(stats, generations_path, Path(judgments_path))
+    logger.info(
+        "Wrote %s to %s (generated win rate %s)",
+        format_count(len(pairs), "pair"),
+        output_dir / "pairs.jsonl",
+        stats["generated_win_rate"],
+    )
+    return stats
+
+
+def warn_judge_problems(
+    stats: dict[str, Any], generations_path: Path, judgments_path: Path
+) -> None:
+    """Log the prompts labeled without the judge, by cause, and the unmatched judgments."""
+    on_judge_failure = stats["on_judge_failure"]
     missing = stats["judgment_missing"]
-    failed = stats["judge_failed"] - missing
+    invalid = stats["judgment_invalid"]
+    failed = stats["judge_failed"] - missing - invalid
     if missing:
         logger.warning(
             "%d of %d prompts have no judgment in %s, so they were labeled without the judge "
             "(on_judge_failure=%s); run `dnpo judge` on %s to judge them",
             missing,
-            len(generations),
+            stats["generations"],
             judgments_path,
             on_judge_failure,
             generations_path,
         )
     if failed:
         logger.warning(
-            "%d prompts had a failed judge call (on_judge_failure=%s)", failed, on_judge_failure
+            "%s had a failed judge call (on_judge_failure=%s)",
+            format_count(failed, "prompt"),
+            on_judge_failure,
         )
-    logger.info(
-        "Wrote %d pairs to %s (generated win rate %s)",
-        len(pairs),
-        output_dir / "pairs.jsonl",
-        stats["generated_win_rate"],
-    )
-    return stats
+    if invalid:
+        kinds = ", ".join(
+            f"{kind}: {count}"
+            for kind, count in stats["judge_failed_by_kind"].items()
+            if kind in INVALID_RESULT_KINDS
+        )
+        logger.warning(
+            "Prompts with an invalid judgment record in %s: %d (%s), labeled without the "
+            "judge (on_judge_failure=%s). The first is %s. Each record needs reference and "
+            "generated results with an integer score in 0-100 or an error. Fix these records, "
+            "or delete them and rerun `dnpo judge` to judge those prompts again",
+            judgments_path,
+            invalid,
+            kinds,
+            on_judge_failure,
+            stats["first_invalid_judgment"],
+        )
+    if stats["judgments_unmatched"]:
+        logger.warning(
+            "Judgments in %s whose id matches no generation in %s: %d, ignored (the first is "
+            "id %r). Check that both files belong to the same iteration",
+            judgments_path,
+            generations_path,
+            stats["judgments_unmatched"],
+            stats["first_unmatched_judgment_id"],
+        )
+
+
+def warn_empty_answers(stats: dict[str, Any], generations_path: Path) -> None:
+    """Log the empty references and generated answers that labeling counted."""
+    skipped = stats["skipped"]
+    if skipped.get("empty_reference"):
+        logger.warning(
+            "Skipped %s of %s with an empty or whitespace-only reference (labels.json "
+            "skipped.empty_reference); fill in the references in the dataset",
+            format_count(skipped["empty_reference"], "prompt"),
+            generations_path,
+        )
+    if stats["empty_generated"]:
+        logger.warning(
+            "Empty or whitespace-only generated answers in %s: %d of %d (labels.json "
+            "empty_generated). They stay as rejected answers because the model output them; "
+            "pairs where the judge preferred one were skipped (skipped.empty_chosen: %d)",
+            generations_path,
+            stats["empty_generated"],
+            stats["generations"],
+            skipped.get("empty_chosen", 0),
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -230,10 +230,13 @@ def _judge_failure_line(run_dir: Path, found: list[int]) -> str:
             continue
         part = f"iter {k}: {usage.get('failed_calls', 0)} of {usage.get('calls', 0)} calls failed"
         if labels.get("judge_failed"):
+            causes = f"{labels.get('judgment_missing', 0)} of them had no judgment"
+            # labels.json files written before the invalid-record count lack the key.
+            if labels.get("judgment_invalid"):
+                causes += f", {labels['judgment_invalid']} an invalid judgment record"
             part += (
                 f", {labels['judge_failed']} of {labels.get('generations', '?')} prompts labeled "
-                f"without the judge ({labels.get('judgment_missing', 0)} of them had no "
-                f"judgment), on_judge_failure={labels.get('on_judge_failure')}"
+                f"without the judge ({causes}), on_judge_failure={labels.get('on_judge_failure')}"
             )
         parts.append(part)
     if not parts:
@@ -356,7 +359,7 @@ def _logp_section(run_dir: Path, found: list[int], evals: dict[int, dict]) -> st
                 "5% noise level",
                 "Threshold",
                 "Mean shift (std)",
-                "Stagnant",
+                "Verdict",
             ],
             [[f"M_{r[0]}", f"iter {r[0]} vs {r[1]}", *r[2:]] for r in stagnation_rows],
         )

@@ -137,7 +137,8 @@ def test_ks_distance_rejects_empty_sample():
 def test_stagnation_flags_identical_distributions():
     result = metrics.stagnation([-10.0, -20.0, -30.0], [-30.0, -10.0, -20.0], threshold=0.1)
     assert result["distance"] == 0.0
-    assert result["stagnant"] is True
+    assert result["verdict"] == "inconclusive"  # 3 vs 3 samples cannot resolve 0.1
+    assert result["stagnant"] is None
     assert result["standardized_mean_shift"] == 0.0
     assert result["critical_value_5pct"] == pytest.approx(1.358 * math.sqrt(2 / 3))
 
@@ -146,7 +147,8 @@ def test_stagnation_moved_distribution_is_not_stagnant():
     # Every next log-prob is higher: D = 1, mean shift = 30 / std(10, 20, 30 pattern).
     result = metrics.stagnation([-30.0, -20.0, -10.0], [0.0, 10.0, 20.0], threshold=0.1)
     assert result["distance"] == 1.0
-    assert result["stagnant"] is False
+    assert result["verdict"] == "inconclusive"  # 3 vs 3 samples cannot resolve 0.1
+    assert result["stagnant"] is None
     pooled_std = math.sqrt(np.var([-30.0, -20.0, -10.0]))
     assert result["standardized_mean_shift"] == pytest.approx(30.0 / pooled_std)
     assert (result["n_previous"], result["n_next"]) == (3, 3)

@@ -89,13 +89,33 @@ def test_evaluate_warns_when_generation_logps_did_not_move(run_dir, caplog):
     eval_path = run_dir / "iter_1" / "eval.json"
     atomic_write_json(eval_path, {**read_json(eval_path), "next_generation_logps": previous})
 
+    # 8 vs 8 samples: the 5% noise level 1.358 * sqrt(2 / 8) = 0.68 is below 0.9.
+    config = EvalConfig(sbert=False, stagnation_threshold=0.9)
     with caplog.at_level(logging.WARNING, logger="dnpo.evaluation.pieces"):
+        result = evaluate_run_iteration(run_dir, 1, config, use_model=False, extract=final_number)
+    assert result["stagnation"]["distance"] == 0.0
+    assert result["stagnation"]["verdict"] == "stagnant"
+    assert result["stagnation"]["stagnant"] is True
+    assert "barely moved" in caplog.text
+
+
+def test_evaluate_inconclusive_stagnation_no_warning(run_dir, caplog):
+    from dnpo.evaluation.runfiles import generation_logps_from_pairs
+
+    previous = generation_logps_from_pairs(read_jsonl(run_dir / "iter_0/train/logps.jsonl"))
+    eval_path = run_dir / "iter_1" / "eval.json"
+    atomic_write_json(eval_path, {**read_json(eval_path), "next_generation_logps": previous})
+
+    with caplog.at_level(logging.INFO, logger="dnpo.evaluation.pieces"):
         result = evaluate_run_iteration(
             run_dir, 1, EvalConfig(sbert=False), use_model=False, extract=final_number
         )
     assert result["stagnation"]["distance"] == 0.0
-    assert result["stagnation"]["stagnant"] is True
-    assert "barely moved" in caplog.text
+    assert result["stagnation"]["verdict"] == "inconclusive"
+    assert result["stagnation"]["stagnant"] is None
+    assert read_json(eval_path)["stagnation"]["verdict"] == "inconclusive"
+    assert "barely moved" not in caplog.text
+    assert "stagnation check inconclusive" in caplog.text
 
 
 def test_cli_evaluate_without_model(run_dir, capsys):

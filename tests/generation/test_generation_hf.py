@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -155,6 +157,13 @@ def test_generate_to_file_resumes_and_keeps_unicode(tiny_model, tiny_tokenizer, 
         "completion_tokens",
     }
     assert path.read_text(encoding="utf-8").count("🙂🚀") == 1
+
+
+def test_generate_to_file_one_answer_message(tiny_model, tiny_tokenizer, tmp_path, caplog):
+    generator = HFGenerator(tiny_model, tiny_tokenizer, GenerationConfig(max_new_tokens=4))
+    with caplog.at_level(logging.INFO, logger="dnpo.generation.base"):
+        generate_to_file(generator, make_examples()[:1], tmp_path / "generations.jsonl")
+    assert "Generated 1 answer into " in caplog.text
 
 
 def test_generated_emoji_round_trip(tiny_tokenizer, tmp_path):

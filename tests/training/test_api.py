@@ -59,7 +59,8 @@ def test_dnpo_steps_change_policy_and_head(model_dir, tmp_path):
         sum(r["rewards/margins"] for r in result.log) / 3
     )
     assert result.mean_noise_std > 0
-    assert result.dropped == {"prompt_too_long": 0, "identical": 0}
+    assert result.dropped == {"prompt_too_long": 0, "identical": 0, "empty_chosen": 0}
+    assert result.empty_rejected == 0
     assert result.wall_seconds > 0
 
     logps = read_jsonl(tmp_path / "out" / "logps.jsonl")
@@ -153,6 +154,29 @@ def test_noise_head_init_loads_previous_head(model_dir, tmp_path):
 def test_no_trainable_pairs_raise(model_dir, tmp_path):
     rows = [{"id": "x", "prompt": "Hi", "chosen": "same", "rejected": "same"}]
     with pytest.raises(DataError, match="none of the 1 pairs"):
+        train(rows, model_dir, tmp_path / "out", config())
+
+
+def test_empty_answers_counted(model_dir, tmp_path):
+    rows = [
+        *ROWS[:2],
+        {"id": "empty-chosen", "prompt": "Hi", "chosen": "", "rejected": "no"},
+        {"id": "blank-chosen", "prompt": "Hi", "chosen": "  ", "rejected": "no"},
+        {"id": "empty-rejected", "prompt": "Hi", "chosen": "Hello.", "rejected": ""},
+    ]
+    result = train(rows, model_dir, tmp_path / "out", config(mode="spin", max_steps=1))
+    assert result.pairs == 3
+    assert result.dropped == {"prompt_too_long": 0, "identical": 0, "empty_chosen": 2}
+    assert result.empty_rejected == 1
+    assert result.metrics["data/empty_rejected"] == 1
+    stored = json.loads((tmp_path / "out" / "train_result.json").read_text())
+    assert stored["dropped"]["empty_chosen"] == 2
+    assert stored["empty_rejected"] == 1
+
+
+def test_all_chosen_empty_raise(model_dir, tmp_path):
+    rows = [{"id": "x", "prompt": "Hi", "chosen": " ", "rejected": "no"}]
+    with pytest.raises(DataError, match="1 with an empty chosen answer"):
         train(rows, model_dir, tmp_path / "out", config())
 
 

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -139,6 +140,39 @@ def test_drops_are_counted(tiny_tokenizer):
     assert counts.dropped_prompt_too_long == 1
     assert counts.dropped_identical == 2
     assert counts.to_metrics()["data/dropped_identical"] == 2
+
+
+def test_empty_chosen_dropped_and_counted(tiny_tokenizer, caplog):
+    rows = [
+        {"id": "ok", "prompt": "Hi", "chosen": "yes", "rejected": "no"},
+        {"id": "empty", "prompt": "Hi", "chosen": "", "rejected": "no"},
+        {"id": "blank", "prompt": "Hi", "chosen": " \n", "rejected": "no"},
+        {"id": "message", "prompt": "Hi", "chosen": {"role": "assistant", "content": "  "},
+         "rejected": "no"},
+    ]
+    with caplog.at_level(logging.WARNING, logger="dnpo.training.collator"):
+        pairs, counts = tokenize_pairs(tiny_tokenizer, rows, 256, 128)
+    assert [pair.id for pair in pairs] == ["ok"]
+    assert counts.dropped_empty_chosen == 3
+    assert counts.dropped == 3
+    assert counts.to_metrics()["data/dropped_empty_chosen"] == 3
+    assert "3 with an empty or whitespace-only chosen answer" in caplog.text
+
+
+def test_empty_rejected_kept_and_counted(tiny_tokenizer, caplog):
+    rows = [
+        {"id": "ok", "prompt": "Hi", "chosen": "yes", "rejected": "no"},
+        {"id": "empty", "prompt": "Hi", "chosen": "yes", "rejected": ""},
+        {"id": "blank", "prompt": "Hi", "chosen": "yes", "rejected": "   "},
+    ]
+    with caplog.at_level(logging.WARNING, logger="dnpo.training.collator"):
+        pairs, counts = tokenize_pairs(tiny_tokenizer, rows, 256, 128)
+    assert [pair.id for pair in pairs] == ["ok", "empty", "blank"]
+    assert pairs[1].rejected_ids == [end_of_turn_id(tiny_tokenizer)]
+    assert counts.empty_rejected == 2
+    assert counts.dropped == 0
+    assert counts.to_metrics()["data/empty_rejected"] == 2
+    assert "empty or whitespace-only rejected answer: 2 of 3" in caplog.text
 
 
 def test_invalid_rows_raise_data_error(tiny_tokenizer):

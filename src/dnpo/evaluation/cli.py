@@ -225,8 +225,10 @@ def _summary_line(result: dict[str, Any]) -> str:
         parts.append(f"BLEU {similarity['bleu']:.2f}")
     stagnation = result.get("stagnation") or {}
     if stagnation.get("distance") is not None:
-        verdict = metrics.stagnation_verdict(stagnation)
-        flag = {"yes": " (stagnant)", "inconclusive": " (stagnation inconclusive)"}.get(verdict, "")
+        flag = {
+            metrics.STAGNANT: " (stagnant)",
+            metrics.INCONCLUSIVE: " (stagnation inconclusive)",
+        }.get(metrics.stagnation_verdict(stagnation), "")
         parts.append(f"log-prob KS distance {stagnation['distance']:.3f}{flag}")
     lm_eval = result.get("lm_eval") or {}
     if lm_eval.get("average") is not None:

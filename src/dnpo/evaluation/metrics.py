@@ -16,6 +16,10 @@ import numpy as np
 # Two-sample Kolmogorov-Smirnov critical coefficient c(alpha) for alpha = 0.05:
 # D is significant when D > c * sqrt((n + m) / (n * m)) (asymptotic, large n and m).
 KS_COEFFICIENT_5PCT = 1.358
+# Verdicts of the stagnation check, see `stagnation_verdict`.
+STAGNANT = "stagnant"
+NOT_STAGNANT = "not stagnant"
+INCONCLUSIVE = "inconclusive"
 
 
 def verifier_answer(text: str) -> Any:
@@ -181,10 +185,11 @@ def stagnation(
     Both samples are sequence log-probs under the same model M_k: `previous_logps`
     of iteration k's generations, `next_logps` of iteration k+1's generations. The
     statistic is the two-sample Kolmogorov-Smirnov distance D. It is scale-free,
-    so one threshold fits short and long answers. `distance` is D and `stagnant`
-    is D < threshold. `critical_value_5pct` is the D that two samples of these sizes from one
-    distribution exceed with probability 0.05. A threshold below it cannot tell
-    stagnation from sampling noise. `standardized_mean_shift` is the mean change
+    so one threshold fits short and long answers. `distance` is D.
+    `critical_value_5pct` is the D that two samples of these sizes from one
+    distribution exceed with probability 0.05. `verdict` comes from
+    `stagnation_verdict`, and `stagnant` is True, False or None to match it (None when
+    the verdict is "inconclusive"). `standardized_mean_shift` is the mean change
     in units of the pooled standard deviation: positive means iteration k+1's
     answers are more likely under M_k.
     """
@@ -194,7 +199,7 @@ def stagnation(
     n, m = previous.size, following.size
     pooled_std = math.sqrt((previous.var() + following.var()) / 2)
     shift = (following.mean() - previous.mean()) / pooled_std if pooled_std > 0 else 0.0
-    return {
+    result: dict[str, Any] = {
         "statistic": "kolmogorov_smirnov",
         "distance": distance,
         "threshold": threshold,
@@ -202,21 +207,34 @@ def stagnation(
         "standardized_mean_shift": float(shift),
         "n_previous": int(n),
         "n_next": int(m),
-        "stagnant": bool(distance < threshold),
     }
+    verdict = stagnation_verdict(result)
+    result["verdict"] = verdict
+    result["stagnant"] = None if verdict == INCONCLUSIVE else verdict == STAGNANT
+    return result
 
 
 def stagnation_verdict(result: dict[str, Any]) -> str:
-    """Return "yes", "no" or "inconclusive" for a `stagnation` result.
+    """Decide "stagnant", "not stagnant" or "inconclusive" for a `stagnation` result.
 
-    When `critical_value_5pct` exceeds the threshold, two samples of these sizes from
-    one distribution often differ by more than the threshold. Then no distance
-    separates stagnation from sampling noise, so the verdict is "inconclusive".
+    "stagnant" means the distance is below the threshold. When `critical_value_5pct`
+    exceeds the threshold, two samples of these sizes from one distribution often
+    differ by more than the threshold, so no distance separates stagnation from
+    sampling noise and the verdict is "inconclusive". eval.json, report.md and
+    `dnpo evaluate` all use this function. It also reads eval.json files written
+    before the `verdict` field, and uses their `stagnant` flag when no distance is stored.
     """
     critical, threshold = result.get("critical_value_5pct"), result.get("threshold")
     if critical is not None and threshold is not None and critical > threshold:
-        return "inconclusive"
-    return "yes" if result.get("stagnant") else "no"
+        return INCONCLUSIVE
+    distance = result.get("distance")
+    if distance is not None and threshold is not None:
+        stagnant = distance < threshold
+    else:
+        stagnant = result.get("stagnant")
+    if stagnant is None:
+        return INCONCLUSIVE
+    return STAGNANT if stagnant else NOT_STAGNANT
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -81,7 +81,8 @@ def stagnation_piece(
 ) -> dict[str, Any] | None:
     """Compare iteration K's generation log-probs with iteration K-1's, both under M_{K-1}.
 
-    Logs a warning when the distance is below `threshold`.
+    Logs a warning when the verdict is "stagnant", and an info line when it is
+    "inconclusive".
     """
     if iteration < 1 or not next_logps:
         return None
@@ -89,7 +90,18 @@ def stagnation_piece(
     if not previous:
         return None
     result = metrics.stagnation(previous, next_logps, threshold)
-    if result["stagnant"]:
+    if result["verdict"] == metrics.INCONCLUSIVE:
+        logger.info(
+            "Iteration %d: stagnation check inconclusive (Kolmogorov-Smirnov distance %.3f, "
+            "threshold %.3f below the 5%% noise level %.3f). Use more generations per "
+            "iteration or an eval.stagnation_threshold above %.3f for a conclusive check",
+            iteration,
+            result["distance"],
+            threshold,
+            result["critical_value_5pct"],
+            result["critical_value_5pct"],
+        )
+    elif result["verdict"] == metrics.STAGNANT:
         logger.warning(
             "Iteration %d: generation log-probs barely moved from iteration %d "
             "(Kolmogorov-Smirnov distance %.3f < threshold %.3f; 5%% noise level %.3f). "

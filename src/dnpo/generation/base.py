@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from dnpo.generation.config import GenerationConfig
 from dnpo.io import JsonlWriter
+from dnpo.messages import format_count
 from dnpo.outputs import check_output_settings
 
 logger = logging.getLogger(__name__)
@@ -147,8 +148,8 @@ def generate_to_file(
     )
     if stats["generated"]:
         logger.info(
-            "Generated %d answers into %s in %.1f s (%.1f new tokens/s, %d hit max_new_tokens)",
-            stats["generated"],
+            "Generated %s into %s in %.1f s (%.1f new tokens/s, %d hit max_new_tokens)",
+            format_count(stats["generated"], "answer"),
             path,
             seconds,
             stats["completion_tokens_per_second"],

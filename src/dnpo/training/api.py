@@ -55,6 +55,8 @@ class TrainResult:
     mean_margin: float | None
     mean_noise_std: float | None
     wall_seconds: float
+    # Trained pairs whose rejected answer is empty or whitespace-only.
+    empty_rejected: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     log: list[dict[str, Any]] = field(default_factory=list)
     logps_path: Path | None = None
@@ -124,6 +126,7 @@ def load_result(output_dir: Path) -> TrainResult:
         mean_margin=data["mean_margin"],
         mean_noise_std=data["mean_noise_std"],
         wall_seconds=data["wall_seconds"],
+        empty_rejected=data.get("empty_rejected", 0),
         metrics=data.get("metrics", {}),
         log=read_jsonl(output_dir / LOG_FILE),
         logps_path=output_dir / LOGPS_FILE,
@@ -268,9 +271,10 @@ def train(
         raise DataError(f"pairs file {pairs}: {error}") from None
     if not tokenized:
         raise DataError(
-            f"none of the {counts.pairs_read} pairs can be trained on ({counts.dropped_prompt_too_long} "
-            f"with prompts of >= {config.max_prompt_length} tokens, {counts.dropped_identical} identical); "
-            "raise max_prompt_length/max_length or check the pairs"
+            f"none of the {counts.pairs_read} pairs can be trained on "
+            f"({counts.dropped_prompt_too_long} with prompts of >= {config.max_prompt_length} "
+            f"tokens, {counts.dropped_identical} identical, {counts.dropped_empty_chosen} with "
+            "an empty chosen answer); raise max_prompt_length/max_length or check the pairs"
         )
     fingerprint = run_fingerprint(rows, model_path, config)
     check_same_run(output_dir, fingerprint)
@@ -312,10 +316,15 @@ def train(
         noise_head=output_dir / NOISE_HEAD_FILE if config.mode == "dnpo" else None,
         steps=output.global_step,
         pairs=counts.pairs_kept,
-        dropped={"prompt_too_long": counts.dropped_prompt_too_long, "identical": counts.dropped_identical},
+        dropped={
+            "prompt_too_long": counts.dropped_prompt_too_long,
+            "identical": counts.dropped_identical,
+            "empty_chosen": counts.dropped_empty_chosen,
+        },
         mean_margin=None,
         mean_noise_std=None,
         wall_seconds=round(time.monotonic() - started, 2),
+        empty_rejected=counts.empty_rejected,
         logps_path=output_dir / LOGPS_FILE,
         ref_chosen_logps={pair_id: values[0] for pair_id, values in ref_logps.items()},
         ref_rejected_logps={pair_id: values[1] for pair_id, values in ref_logps.items()},

@@ -11,9 +11,11 @@ tokenization would merge into the first answer token.
 Truncation keeps the whole prompt and cuts the end of a completion. A cut
 completion loses its end-of-turn token, because the answer did not end there and
 the model must not learn to stop at that point. Pairs are dropped, and counted, when
-the prompt alone reaches `max_prompt_length` (which is below `max_length`), or when
-chosen and rejected are identical token for token after truncation, since such a
-pair carries no preference.
+the chosen answer is empty or whitespace-only, when the prompt alone reaches
+`max_prompt_length` (which is below `max_length`), or when chosen and rejected are
+identical token for token after truncation, since such a pair carries no preference.
+An empty rejected answer is kept, because a model that stops at once does output it,
+and is counted in `empty_rejected`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from dnpo.chat import encode_completion, encode_prompt
+from dnpo.chat import encode_completion, encode_prompt, normalize_completion
 from dnpo.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -54,12 +56,15 @@ class DataCounts:
     pairs_kept: int = 0
     dropped_prompt_too_long: int = 0
     dropped_identical: int = 0
+    dropped_empty_chosen: int = 0
     truncated_chosen: int = 0
     truncated_rejected: int = 0
+    # Kept pairs whose rejected answer is empty or whitespace-only.
+    empty_rejected: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.dropped_prompt_too_long + self.dropped_identical
+        return self.dropped_prompt_too_long + self.dropped_identical + self.dropped_empty_chosen
 
     def to_metrics(self) -> dict[str, int]:
         """Return the counts under `data/` metric keys."""
@@ -113,6 +118,8 @@ def tokenize_pair(
     except ValueError as error:
         raise DataError(f"{record}: {error}") from None
 
+    if is_blank(row["chosen"]):
+        return "dropped_empty_chosen"
     if len(prompt_ids) >= max_prompt_length:
         return "dropped_prompt_too_long"
     room = max_length - len(prompt_ids)
@@ -123,6 +130,11 @@ def tokenize_pair(
     return TokenizedPair(
         pair_id, prompt_ids, chosen_ids, rejected_ids, chosen_truncated, rejected_truncated
     )
+
+
+def is_blank(completion: Any) -> bool:
+    """Return whether a valid completion, text or assistant message, is empty or whitespace."""
+    return not normalize_completion(completion).strip()
 
 
 def tokenize_pairs(
@@ -146,14 +158,22 @@ def tokenize_pairs(
         first_numbers[result.id] = index + 1
         counts.truncated_chosen += result.chosen_truncated
         counts.truncated_rejected += result.rejected_truncated
+        counts.empty_rejected += is_blank(row["rejected"])
         pairs.append(result)
     counts.pairs_kept = len(pairs)
     if counts.dropped:
         logger.warning(
             "Dropped %d of %d pairs: %d with a prompt of >= %d tokens, %d with identical "
-            "chosen and rejected after truncation",
+            "chosen and rejected after truncation, %d with an empty or whitespace-only chosen "
+            "answer",
             counts.dropped, counts.pairs_read, counts.dropped_prompt_too_long,
-            max_prompt_length, counts.dropped_identical,
+            max_prompt_length, counts.dropped_identical, counts.dropped_empty_chosen,
+        )
+    if counts.empty_rejected:
+        logger.warning(
+            "Kept pairs with an empty or whitespace-only rejected answer: %d of %d. They are "
+            "trained on, because a model that stops at once outputs such an answer",
+            counts.empty_rejected, counts.pairs_kept,
         )
     return pairs, counts
 

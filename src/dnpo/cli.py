@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("dnpo.labeling", "build chosen/rejected pairs from judge scores"),
     "evaluate": ("dnpo.evaluation.cli", "evaluate the iterations of a run directory"),
     "report": ("dnpo.report", "write report.md with plots for a run directory"),
-    "compare": ("dnpo.compare", "judge two runs' generations head to head"),
+    "compare": ("dnpo.compare", "judge two runs' answers head to head, per iteration"),
     "prepare-model": ("dnpo.models", "convert the bundled SmolLM2-135M-Instruct to a checkpoint"),
 }
 

@@ -93,3 +93,9 @@ def test_spin_mode_accepted_without_noise(method):
 def test_fixed_noise_accepted_with_noise(method):
     config = run_config(f"loop.method={method}", "train.mode=fixed-noise")
     assert config.train_mode(1) == "fixed-noise"
+
+
+@pytest.mark.parametrize("value", ["''", "' '"])
+def test_empty_output_dir_rejected(value):
+    with pytest.raises(ConfigError, match="loop.output_dir is empty; set it to the parent folder"):
+        run_config(f"loop.output_dir={value}")

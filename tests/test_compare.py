@@ -45,14 +45,21 @@ def prompt(i):
     return [{"role": "user", "content": f"question {i}"}]
 
 
-def write_run(path, answers_by_iteration, method="dnpo", judge=None, prompts=None):
-    """Write a run dir whose iter_K/generations.jsonl contains the given answers by id."""
-    path.mkdir(parents=True)
+def write_run(
+    path,
+    answers_by_iteration,
+    method="dnpo",
+    judge=None,
+    prompts=None,
+    filename="generations.jsonl",
+):
+    """Write a run dir whose iter_K/`filename` contains the given answers by id."""
+    path.mkdir(parents=True, exist_ok=True)
     config = {"loop": {"method": method}, "judge": judge or {"type": "openai", "model": "m"}}
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     for k, answers in answers_by_iteration.items():
         iter_dir = path / f"iter_{k}"
-        iter_dir.mkdir()
+        iter_dir.mkdir(exist_ok=True)
         rows = [
             {
                 "id": pid,
@@ -64,7 +71,7 @@ def write_run(path, answers_by_iteration, method="dnpo", judge=None, prompts=Non
             }
             for pid, text in answers.items()
         ]
-        (iter_dir / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (iter_dir / filename).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
@@ -156,8 +163,11 @@ def test_compare_runs_writes_table_json_and_plot(tmp_path):
     assert report["iterations"]["1"]["losses"] == 1
     assert read_json(out / "compare.json") == report
     markdown = (out / "compare.md").read_text()
-    assert "| Iteration | dnpo wins | Ties | spin wins |" in markdown
-    assert "| 1 | 50.0% | 0.0% | 50.0% | 2 | 0 | 85.00 | 77.50 |" in markdown
+    assert "| Iteration | Model | dnpo wins | Ties | spin wins |" in markdown
+    # Without eval_generations.jsonl the training answers of the start model M_K are compared.
+    assert report["source"] == "generations"
+    assert "| 1 | M_1 | 50.0% | 0.0% | 50.0% | 2 | 0 | 85.00 | 77.50 |" in markdown
+    assert "sampled answers to the training prompts (generations.jsonl)" in markdown
     assert (out / "compare.png").read_bytes().startswith(PNG_SIGNATURE)
     items = read_jsonl(out / "compare_items.jsonl")
     assert {(r["iteration"], r["id"]) for r in items} == {(0, "1"), (0, "2"), (1, "1"), (1, "2")}
@@ -236,7 +246,7 @@ def test_cli_compare_with_local_judge_server(tmp_path, judge_server, capsys, mon
     assert len(ChatCompletionsHandler.requests) == 4
     summary = read_json(out / "compare.json")["iterations"]["1"]
     assert (summary["wins"], summary["ties"], summary["losses"]) == (1, 1, 0)
-    assert "| 1 | 50.0% | 50.0% | 0.0% |" in capsys.readouterr().out
+    assert "| 1 | M_1 | 50.0% | 50.0% | 0.0% |" in capsys.readouterr().out
 
 
 def test_cli_compare_judge_override_from_file(tmp_path, judge_server):
@@ -283,7 +293,7 @@ def test_cli_compare_iteration_not_in_both_runs(tmp_path, capsys):
     assert code == 2
     assert "--iterations: iteration 2 does not have generations.jsonl in both" in err
     assert "the iterations present in both are 0,1" in err
-    assert not (run_a / "compare_vs_b").exists()
+    assert not list(run_a.glob("compare_vs_b*"))
 
 
 def test_compare_runs_only_shared_iterations(tmp_path):
@@ -292,3 +302,110 @@ def test_compare_runs_only_shared_iterations(tmp_path):
     report = compare_runs(run_a, run_b, FakeJudge(), tmp_path / "out", only_iterations=[1])
     assert list(report["iterations"]) == ["1"]
     assert report["iterations"]["1"]["wins"] == 1
+
+
+def write_two_sources(path, generations, eval_generations, judge=None):
+    """Write a run dir with both generations.jsonl and eval_generations.jsonl per iteration."""
+    write_run(path, generations, judge=judge)
+    return write_run(path, eval_generations, judge=judge, filename="eval_generations.jsonl")
+
+
+def test_compare_runs_default_source_is_trained_models(tmp_path):
+    # The training answers tie; the held-out answers of the trained models differ.
+    same = {0: {"1": "SCORE=5"}, 1: {"1": "SCORE=5"}}
+    run_a = write_two_sources(tmp_path / "a", same, {0: {"1": "SCORE=5"}, 1: {"1": "SCORE=9"}})
+    run_b = write_two_sources(tmp_path / "b", same, {0: {"1": "SCORE=5"}, 1: {"1": "SCORE=1"}})
+    out = tmp_path / "out"
+    report = compare_runs(run_a, run_b, FakeJudge(), out)
+    assert report["source"] == "eval_generations"
+    assert report["iterations"]["0"]["ties"] == 1
+    assert report["iterations"]["1"]["wins"] == 1
+    markdown = (out / "compare.md").read_text()
+    assert "greedy answers to the held-out prompts (eval_generations.jsonl)" in markdown
+    assert "the last iteration compares the final models" in markdown
+    assert "| 1 | M_2 | 100.0% | 0.0% | 0.0% |" in markdown
+
+
+def test_compare_runs_explicit_generations_source(tmp_path):
+    same = {0: {"1": "SCORE=5"}, 1: {"1": "SCORE=5"}}
+    run_a = write_two_sources(tmp_path / "a", same, {0: {"1": "SCORE=9"}})
+    run_b = write_two_sources(tmp_path / "b", same, {0: {"1": "SCORE=1"}})
+    report = compare_runs(run_a, run_b, FakeJudge(), tmp_path / "out", source="generations")
+    assert report["source"] == "generations"
+    assert report["iterations"]["1"]["ties"] == 1
+
+
+def test_compare_runs_falls_back_without_eval_generations(tmp_path, caplog):
+    run_a = write_two_sources(tmp_path / "a", {0: {"1": "SCORE=9"}}, {0: {"1": "SCORE=9"}})
+    run_b = write_run(tmp_path / "b", {0: {"1": "SCORE=1"}})
+    with caplog.at_level("WARNING", logger="dnpo.compare"):
+        report = compare_runs(run_a, run_b, FakeJudge(), tmp_path / "out")
+    assert report["source"] == "generations"
+    assert "do not both have eval_generations.jsonl" in caplog.text
+    assert "training answers (generations.jsonl)" in caplog.text
+
+
+def test_compare_runs_falls_back_for_requested_iterations(tmp_path, caplog):
+    # Both runs have held-out answers of iteration 0 only, but iteration 1 is requested.
+    answers = {0: {"1": "SCORE=4"}, 1: {"1": "SCORE=4"}}
+    run_a = write_two_sources(tmp_path / "a", answers, {0: {"1": "SCORE=4"}})
+    run_b = write_two_sources(tmp_path / "b", answers, {0: {"1": "SCORE=4"}})
+    with caplog.at_level("WARNING", logger="dnpo.compare"):
+        report = compare_runs(run_a, run_b, FakeJudge(), tmp_path / "out", only_iterations=[1])
+    assert report["source"] == "generations"
+    assert "for each of iterations 1" in caplog.text
+
+
+def test_compare_runs_states_coverage(tmp_path, caplog):
+    ids = [str(i) for i in range(12)]
+    run_a = write_run(
+        tmp_path / "big", {k: {i: "SCORE=5" for i in ids} for k in (0, 1, 2)}
+    )
+    run_b = write_run(tmp_path / "small", {k: {i: "SCORE=5" for i in ids[:4]} for k in (0, 1)})
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="dnpo.compare"):
+        report = compare_runs(run_a, run_b, FakeJudge(), out)
+    expected = (
+        "Iterations compared: 0,1 of big's 0,1,2 and small's 0,1. "
+        "Prompts compared per iteration: the 4 shared of big's 12 and small's 4."
+    )
+    assert expected in caplog.text
+    assert expected in (out / "compare.md").read_text()
+    assert report["coverage"]["iterations_a"] == [0, 1, 2]
+    assert report["coverage"]["iterations_b"] == [0, 1]
+    assert report["coverage"]["prompts"]["1"] == {"a": 12, "b": 4, "shared": 4}
+
+
+def test_compare_runs_coverage_per_iteration(tmp_path):
+    run_a = write_run(tmp_path / "a", {0: {"1": "SCORE=5", "2": "SCORE=5"}, 1: {"1": "SCORE=5"}})
+    run_b = write_run(tmp_path / "b", {0: {"1": "SCORE=5", "2": "SCORE=5"}, 1: {"1": "SCORE=5"}})
+    out = tmp_path / "out"
+    compare_runs(run_a, run_b, FakeJudge(), out, limit=1)
+    markdown = (out / "compare.md").read_text()
+    assert "Prompts compared, shared of a's and b's: iteration 0: 2 of 2 and 2, " in markdown
+    assert "iteration 1: 1 of 1 and 1." in markdown
+    assert "--limit 1 judges at most that many of them per iteration." in markdown
+
+
+def test_cli_compare_sources_write_separate_folders(tmp_path, judge_server, capsys):
+    judge = {"type": "openai", "model": "m", "base_url": judge_server, "cache": False,
+             "max_retries": 0, "timeout": 10}
+    run_a = write_two_sources(tmp_path / "a", {0: {"1": "SCORE=5"}}, {0: {"1": "SCORE=9"}}, judge)
+    run_b = write_two_sources(tmp_path / "b", {0: {"1": "SCORE=5"}}, {0: {"1": "SCORE=1"}}, judge)
+    assert dnpo_main(["compare", str(run_a), str(run_b)]) == 0
+    assert dnpo_main(["compare", str(run_a), str(run_b), "--source", "generations"]) == 0
+    default = read_json(run_a / "compare_vs_b" / "compare.json")
+    training = read_json(run_a / "compare_vs_b_generations" / "compare.json")
+    assert default["source"] == "eval_generations"
+    assert default["iterations"]["0"]["wins"] == 1
+    assert training["source"] == "generations"
+    assert training["iterations"]["0"]["ties"] == 1
+    assert "compare_vs_b_generations" in capsys.readouterr().out
+
+
+def test_cli_compare_help_names_compared_models(capsys):
+    with pytest.raises(SystemExit):
+        dnpo_main(["compare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "of the model each iteration trained (M_{K+1})" in help_text
+    assert "Default: eval_generations when both runs have it, else generations" in help_text

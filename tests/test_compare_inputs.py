@@ -59,7 +59,7 @@ def test_cli_no_shared_prompts_one_line(tmp_path, capsys):
     assert code == 2
     assert "share no prompt" in err
     assert len(err.strip().splitlines()) == 1
-    assert not (run_a / "compare_vs_b").exists()
+    assert not list(run_a.glob("compare_vs_b*"))
 
 
 def test_cli_same_run_one_line(tmp_path, capsys):

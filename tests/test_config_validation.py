@@ -93,3 +93,56 @@ def test_spin_mode_accepted_without_noise(method):
 def test_fixed_noise_accepted_with_noise(method):
     config = run_config(f"loop.method={method}", "train.mode=fixed-noise")
     assert config.train_mode(1) == "fixed-noise"
+
+
+@pytest.mark.parametrize("value", ["''", "' '"])
+def test_empty_output_dir_rejected(value):
+    with pytest.raises(ConfigError, match="loop.output_dir is empty; set it to the parent folder"):
+        run_config(f"loop.output_dir={value}")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "override"),
+    [
+        ("--name", "x", "loop.name=y"),
+        ("--method", "spin", "loop.method=dnpo"),
+        ("--iterations", "2", "loop.iterations=3"),
+    ],
+)
+def test_run_shortcut_conflicting_set_rejected(tmp_path, monkeypatch, capsys, flag, value, override):
+    monkeypatch.chdir(tmp_path)
+    code = cli_main(["run", flag, value, "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{flag} {value} conflicts with --set {override}" in err
+    assert f"{flag} is a shortcut for --set {override.split('=')[0]}" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_shortcut_same_value_accepted():
+    from argparse import Namespace
+
+    from dnpo.loop import shortcut_overrides
+
+    args = Namespace(
+        overrides=["loop.name=x", "loop.iterations=3"], method=None, iterations=3, name="x"
+    )
+    assert shortcut_overrides(args) == ["loop.iterations=3", "loop.name=x"]
+
+
+def test_run_shortcut_uses_last_set_value():
+    from argparse import Namespace
+
+    from dnpo.loop import shortcut_overrides
+
+    args = Namespace(overrides=["loop.name=y", "loop.name=x"], method=None, iterations=None, name="x")
+    assert shortcut_overrides(args) == ["loop.name=x"]
+
+
+def test_run_help_names_shortcut_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: loop.method of --config, else dnpo)" in help_text
+    assert "(default: loop.iterations of --config, else 4)" in help_text
+    assert "(default: loop.name of --config, else 'default')" in help_text

@@ -5,6 +5,7 @@ import pytest
 
 from dnpo.configbase import ConfigError
 from dnpo.data import (
+    DATA_FLAGS,
     DataConfig,
     empty_local_file,
     gsm8k_gold_answer,
@@ -147,6 +148,34 @@ def test_unknown_layout_names_keys(tmp_path):
         load(path)
 
 
+def test_no_usable_rows_hint_names_config_fields(tmp_path):
+    path = write_jsonl(tmp_path / "empty_refs.jsonl", [{"prompt": "Q", "response": ""}])
+    with pytest.raises(DataError, match=r"Check data\.format and data\.fields\.$"):
+        load(path)
+
+
+def test_no_usable_rows_hint_names_eval_data_fields(tmp_path):
+    path = write_jsonl(tmp_path / "empty_refs.jsonl", [{"prompt": "Q", "response": ""}])
+    config = DataConfig.from_dict({"path": str(path)}, prefix="eval_data.")
+    with pytest.raises(DataError, match=r"Check eval_data\.format and eval_data\.fields\.$"):
+        load_sft_examples(config)
+
+
+def test_no_usable_rows_hint_names_flags(tmp_path):
+    path = write_jsonl(tmp_path / "empty_refs.jsonl", [{"prompt": "Q", "response": ""}])
+    with pytest.raises(DataError, match=r"Check --data-format and --data-field\.$"):
+        load_sft_examples(DataConfig(path=str(path)), DATA_FLAGS)
+
+
+def test_unknown_layout_hint_names_flags(tmp_path):
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"text": "hello"}])
+    with pytest.raises(DataError) as error:
+        load_sft_examples(DataConfig(path=str(path)), DATA_FLAGS)
+    assert "set --data-format to one of" in str(error.value)
+    assert "map field names with --data-field" in str(error.value)
+    assert "data.format" not in str(error.value)
+
+
 def test_unknown_first_row_skipped(tmp_path, caplog):
     rows = [{"text": "hello"}, {"prompt": "Q1", "response": "A1"}, {"prompt": "Q2", "response": "A2"}]
     with caplog.at_level(logging.WARNING, logger="dnpo.data"):
@@ -274,3 +303,33 @@ def test_empty_local_file_detection(tmp_path):
     assert not empty_local_file(str(tmp_path / "rows.jsonl"))
     assert not empty_local_file(str(tmp_path / "missing.jsonl"))
     assert not empty_local_file("someorg/some-dataset")
+
+
+def data_args(**changes):
+    from argparse import Namespace
+
+    values = dict(
+        data="data.jsonl",
+        data_subset="",
+        data_split="train",
+        data_format="auto",
+        data_field=[],
+        max_examples=0,
+        data_seed=0,
+    )
+    values.update(changes)
+    return Namespace(**values)
+
+
+def test_data_args_unknown_field_names_flag():
+    from dnpo.data import data_config_from_args
+
+    with pytest.raises(ConfigError, match=r"--data-field: unknown field names \['text'\]"):
+        data_config_from_args(data_args(data_field=["text=body"]))
+
+
+def test_data_args_negative_max_examples_names_flag():
+    from dnpo.data import data_config_from_args
+
+    with pytest.raises(ConfigError, match="--max-examples must be >= 0, got -1"):
+        data_config_from_args(data_args(max_examples=-1))

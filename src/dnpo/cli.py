@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("dnpo.labeling", "build chosen/rejected pairs from judge scores"),
     "evaluate": ("dnpo.evaluation.cli", "evaluate the iterations of a run directory"),
     "report": ("dnpo.report", "write report.md with plots for a run directory"),
-    "compare": ("dnpo.compare", "judge two runs' generations head to head"),
+    "compare": ("dnpo.compare", "judge two runs' answers head to head, per iteration"),
     "prepare-model": ("dnpo.models", "convert the bundled SmolLM2-135M-Instruct to a checkpoint"),
 }
 
@@ -41,6 +41,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Library loggers that log INFO only at --log-level DEBUG. rouge-score logs
+# "Using default tokenizer." through absl each time a ROUGE scorer is built.
+QUIET_LIBRARY_LOGGERS = ("absl",)
+
+
+def configure_logging(level_name: str) -> None:
+    """Set up logging to stderr at `level_name`, with QUIET_LIBRARY_LOGGERS at WARNING or above."""
+    level = getattr(logging, str(level_name).upper(), logging.INFO)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Records of a child logger reach the root handler without a check of the root
+    # level, so the library level is kept at or above `level`.
+    library_level = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if arg in COMMANDS), None)
@@ -49,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(args.log_level)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.main(args) or 0)

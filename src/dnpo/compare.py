@@ -1,4 +1,12 @@
-"""`dnpo compare RUN_A RUN_B`: judge two runs' generated data head to head, per iteration.
+"""`dnpo compare RUN_A RUN_B`: judge two runs' answers head to head, per iteration.
+
+By default the compared answers are each trained model's greedy answers to the
+held-out prompts (`eval_generations.jsonl`): iteration K compares M_{K+1}, the model
+that iteration K trained, so the last iteration compares the final models. `--source
+generations` compares the sampled answers to the training prompts instead
+(`generations.jsonl`, written by iteration K's start model M_K). For two runs that
+differ only in the method, those come from the same models at iterations 0 and 1,
+because M_0 is the configured model and iteration 0 trains plain SPIN in every method.
 
 Design: each answer is scored on its own by the pointwise judge (the run's judge,
 or an override), and A wins a prompt when its score is higher. This is how the
@@ -40,6 +48,32 @@ from dnpo.outputs import check_output_location
 logger = logging.getLogger(__name__)
 
 SOURCES = {"generations": "generations.jsonl", "eval_generations": "eval_generations.jsonl"}
+DEFAULT_SOURCE = "eval_generations"
+FALLBACK_SOURCE = "generations"
+
+# What each source's answers are, for compare.md and the log.
+SOURCE_DESCRIPTIONS = {
+    "eval_generations": (
+        "greedy answers to the held-out prompts (eval_generations.jsonl) of the model that "
+        "each iteration trained: iteration K compares M_{K+1} of both runs, so the last "
+        "iteration compares the final models"
+    ),
+    "generations": (
+        "sampled answers to the training prompts (generations.jsonl) of each iteration's "
+        "start model: iteration K compares M_K of both runs, and the final models are not "
+        "compared"
+    ),
+}
+SOURCE_NOTES = {
+    "eval_generations": (
+        "Iteration 0 trains plain SPIN in every method, so for runs that differ only in "
+        "the method iteration 0 compares the same model."
+    ),
+    "generations": (
+        "M_0 is the configured model and iteration 0 trains plain SPIN in every method, so "
+        "for runs that differ only in the method iterations 0 and 1 compare the same models."
+    ),
+}
 
 
 def paired_records(
@@ -116,18 +150,27 @@ def compare_runs(
     seed: int = 0,
     only_iterations: list[int] | None = None,
     limit: int = 0,
-    source: str = "generations",
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """Judge both runs' answers per iteration; write compare.json, compare.md and compare.png."""
+    """Judge both runs' answers per iteration; write compare.json, compare.md and compare.png.
+
+    `source` None picks the default source, see `resolve_source`.
+    """
     run_a, run_b = check_run_dir(run_a), check_run_dir(run_b)
-    if source not in SOURCES:
-        raise ValueError(f"invalid source {source!r}; expected one of {list(SOURCES)}")
+    source = resolve_source(run_a, run_b, source, only_iterations)
     filename = SOURCES[source]
     shared = shared_iterations(run_a, run_b, filename, only_iterations)
     check_comparable(run_a, run_b, filename, shared)
     name_a, name_b = run_name(run_a), run_name(run_b)
     if name_a == name_b:
         name_a, name_b = str(run_a), str(run_b)
+    answers = {
+        k: (
+            generated_answers(iteration_dir(run_a, k) / filename),
+            generated_answers(iteration_dir(run_b, k) / filename),
+        )
+        for k in shared
+    }
 
     report: dict[str, Any] = {
         "run_a": str(run_a),
@@ -137,17 +180,15 @@ def compare_runs(
         "source": source,
         "seed": seed,
         "limit": limit or None,
+        "coverage": coverage(run_a, run_b, filename, answers),
         "iterations": {},
     }
+    logger.info("Comparing %s", SOURCE_DESCRIPTIONS[source])
+    logger.info("%s", describe_coverage(report))
     items = []
     for k in shared:
-        result = judge_iteration(
-            judge,
-            generated_answers(iteration_dir(run_a, k) / filename),
-            generated_answers(iteration_dir(run_b, k) / filename),
-            seed=seed + k,
-            limit=limit,
-        )
+        records_a, records_b = answers[k]
+        result = judge_iteration(judge, records_a, records_b, seed=seed + k, limit=limit)
         report["iterations"][str(k)] = result["summary"]
         items.extend({"iteration": k, **row} for row in result["items"])
         summary = result["summary"]
@@ -162,6 +203,103 @@ def compare_runs(
         )
     write_outputs(Path(out_dir), report, items)
     return report
+
+
+def resolve_source(
+    run_a: Path, run_b: Path, source: str | None, only_iterations: list[int] | None
+) -> str:
+    """Return `source`, or the default source when it is None.
+
+    The default is eval_generations when both runs have eval_generations.jsonl in every
+    iteration of `only_iterations`, or in some iteration when `only_iterations` is None.
+    Otherwise it is generations, and a warning is logged.
+    Raises ValueError for a source outside SOURCES.
+    """
+    if source is not None:
+        if source not in SOURCES:
+            raise ValueError(f"invalid source {source!r}; expected one of {list(SOURCES)}")
+        return source
+    found = set(iterations_with(run_a, SOURCES[DEFAULT_SOURCE])) & set(
+        iterations_with(run_b, SOURCES[DEFAULT_SOURCE])
+    )
+    if found and (only_iterations is None or set(only_iterations) <= found):
+        return DEFAULT_SOURCE
+    requested = ""
+    if only_iterations is not None:
+        requested = f" for each of iterations {_list(only_iterations)}"
+    logger.warning(
+        "%s and %s do not both have %s%s, so the training answers (%s) of each "
+        "iteration's start model are compared instead",
+        run_a,
+        run_b,
+        SOURCES[DEFAULT_SOURCE],
+        requested,
+        SOURCES[FALLBACK_SOURCE],
+    )
+    return FALLBACK_SOURCE
+
+
+def default_out_dir(run_a: Path, run_b: Path, source: str) -> Path:
+    """Return RUN_A/compare_vs_<RUN_B name>, with the source appended unless it is the default."""
+    suffix = "" if source == DEFAULT_SOURCE else f"_{source}"
+    return run_a / f"compare_vs_{run_name(run_b)}{suffix}"
+
+
+def iterations_with(run_dir: Path, filename: str) -> list[int]:
+    """Return the iterations of `run_dir` whose folder contains `filename`, ascending."""
+    return [k for k in iterations(run_dir) if (iteration_dir(run_dir, k) / filename).is_file()]
+
+
+def coverage(
+    run_a: Path,
+    run_b: Path,
+    filename: str,
+    answers: dict[int, tuple[dict[str, Any], dict[str, Any]]],
+) -> dict[str, Any]:
+    """Count what each run has in `filename` against what both share.
+
+    Returns the iterations with `filename` in each run, the compared iterations, and
+    per compared iteration the prompt counts of each run and of the shared prompts.
+    """
+    prompts = {}
+    for k, (records_a, records_b) in answers.items():
+        ids, _ = paired_records(records_a, records_b)
+        prompts[str(k)] = {"a": len(records_a), "b": len(records_b), "shared": len(ids)}
+    return {
+        "iterations_a": iterations_with(run_a, filename),
+        "iterations_b": iterations_with(run_b, filename),
+        "iterations": sorted(answers),
+        "prompts": prompts,
+    }
+
+
+def describe_coverage(report: dict[str, Any]) -> str:
+    """Describe in one line which iterations and how many prompts of each run are compared."""
+    name_a, name_b = report["name_a"], report["name_b"]
+    cover = report["coverage"]
+    text = (
+        f"Iterations compared: {_list(cover['iterations'])} of {name_a}'s "
+        f"{_list(cover['iterations_a'])} and {name_b}'s {_list(cover['iterations_b'])}. "
+    )
+    counts = list(cover["prompts"].values())
+    if counts and all(c == counts[0] for c in counts):
+        text += (
+            f"Prompts compared per iteration: the {counts[0]['shared']} shared of {name_a}'s "
+            f"{counts[0]['a']} and {name_b}'s {counts[0]['b']}."
+        )
+    else:
+        per_iteration = ", ".join(
+            f"iteration {k}: {c['shared']} of {c['a']} and {c['b']}"
+            for k, c in cover["prompts"].items()
+        )
+        text += f"Prompts compared, shared of {name_a}'s and {name_b}'s: {per_iteration}."
+    if report.get("limit"):
+        text += f" --limit {report['limit']} judges at most that many of them per iteration."
+    return text
+
+
+def _list(values: list[int]) -> str:
+    return ",".join(map(str, values)) or "none"
 
 
 def check_comparable(run_a: Path, run_b: Path, filename: str, shared: list[int]) -> None:
@@ -241,19 +379,29 @@ def write_outputs(out_dir: Path, report: dict[str, Any], items: list[dict[str, A
 def format_markdown(report: dict[str, Any]) -> str:
     """Markdown table of win/tie/loss per iteration, from A's side."""
     name_a, name_b = report["name_a"], report["name_b"]
+    source = report["source"]
     lines = [
         f"# {name_a} vs {name_b}",
         "",
-        f"Judge scores of each run's {report['source']} on the same prompts; "
-        f"a win means {name_a}'s answer scored higher.",
+        f"Compared answers: {SOURCE_DESCRIPTIONS[source]}. {SOURCE_NOTES[source]}",
         "",
-        f"| Iteration | {name_a} wins | Ties | {name_b} wins | Judged | Failed "
-        f"| Mean score {name_a} | Mean score {name_b} |",
-        "|---|---|---|---|---|---|---|---|",
+        f"The judge scores each answer on its own, and a win means {name_a}'s answer to a "
+        "prompt scored higher.",
     ]
+    lines += [
+        "",
+        describe_coverage(report),
+        "",
+        f"| Iteration | Model | {name_a} wins | Ties | {name_b} wins | Judged | Failed "
+        f"| Mean score {name_a} | Mean score {name_b} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    # eval_generations of iteration K come from the model it trained, M_{K+1}.
+    model_offset = 1 if source == "eval_generations" else 0
     for k, s in report["iterations"].items():
         lines.append(
-            f"| {k} | {_pct(s['win_rate'])} | {_pct(s['tie_rate'])} | {_pct(s['loss_rate'])} "
+            f"| {k} | M_{int(k) + model_offset} | {_pct(s['win_rate'])} | {_pct(s['tie_rate'])} "
+            f"| {_pct(s['loss_rate'])} "
             f"| {s['judged']} | {s['failed']} | {_num(s['mean_score_a'])} "
             f"| {_num(s['mean_score_b'])} |"
         )
@@ -330,13 +478,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--source",
-        default="generations",
+        default=None,
         choices=sorted(SOURCES),
-        help="which answers to compare: sampled training generations or greedy "
-        "held-out answers (default: generations)",
+        help="answers to compare. eval_generations: greedy answers to the held-out prompts "
+        "of the model each iteration trained (M_{K+1}), so the last iteration compares the "
+        "final models. generations: sampled answers to the training prompts of each "
+        "iteration's start model (M_K); for runs that differ only in the method, these "
+        "come from the same models at iterations 0 and 1. Default: eval_generations when "
+        "both runs have it, else generations",
     )
     parser.add_argument(
-        "--out", default=None, help="output folder (default: RUN_A/compare_vs_<RUN_B name>)"
+        "--out",
+        default=None,
+        help="output folder (default: RUN_A/compare_vs_<RUN_B name> for eval_generations, "
+        "RUN_A/compare_vs_<RUN_B name>_generations for generations)",
     )
 
 
@@ -356,9 +511,10 @@ def main(args: argparse.Namespace) -> int:
             ) from None
     # A bad --iterations value, runs without shared prompts or an unwritable --out
     # fail here, before a model judge is loaded.
-    shared = shared_iterations(run_a, run_b, SOURCES[args.source], only)
-    check_comparable(run_a, run_b, SOURCES[args.source], shared)
-    out_dir = Path(args.out) if args.out else run_a / f"compare_vs_{run_name(run_b)}"
+    source = resolve_source(run_a, run_b, args.source, only)
+    shared = shared_iterations(run_a, run_b, SOURCES[source], only)
+    check_comparable(run_a, run_b, SOURCES[source], shared)
+    out_dir = Path(args.out) if args.out else default_out_dir(run_a, run_b, source)
     check_output_location(out_dir, "--out", folder=True)
     judge = make_judge(load_judge_config(run_a, run_b, args.judge_config, args.judge_overrides))
     try:
@@ -370,7 +526,7 @@ def main(args: argparse.Namespace) -> int:
             seed=args.seed,
             only_iterations=only,
             limit=args.limit,
-            source=args.source,
+            source=source,
         )
     finally:
         close = getattr(judge, "close", None)

@@ -77,6 +77,11 @@ class LoopConfig(Section):
             raise ConfigError(f"loop.iterations must be >= 1, got {self.iterations}")
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"loop.name must be a plain folder name, got {self.name!r}")
+        if not self.output_dir.strip():
+            raise ConfigError(
+                "loop.output_dir is empty; set it to the parent folder of run directories, "
+                "such as runs, or to . for the current folder"
+            )
 
     @property
     def uses_judge(self) -> bool:

@@ -22,7 +22,7 @@ import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,17 @@ FALLBACK_ID_FIELDS = ("prompt_id",)
 MAX_LOGGED_BAD_LINES = 10
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
+# The flag that `add_data_arguments` gives each DataConfig field, for error
+# messages of the commands that take those flags.
+DATA_FLAGS = {
+    "path": "--data",
+    "subset": "--data-subset",
+    "split": "--data-split",
+    "format": "--data-format",
+    "fields": "--data-field",
+    "max_examples": "--max-examples",
+    "seed": "--data-seed",
+}
 
 Row = dict[str, Any]
 Example = dict[str, Any]
@@ -69,6 +80,8 @@ class SkipRow(Exception):
 
 @dataclass
 class DataConfig(Section):
+    section_name = "data"
+
     path: str = option("", "local JSONL/JSON/Parquet file or dataset folder, or a hub dataset name")
     subset: str = option("", "hub dataset configuration name, e.g. main for gsm8k")
     split: str = option("train", "split to read from a hub dataset or a dataset folder")
@@ -87,36 +100,50 @@ class DataConfig(Section):
         unknown = sorted(set(self.fields) - set(FIELD_NAMES))
         if unknown:
             raise ConfigError(
-                f"data.fields: unknown field keys {unknown}; valid keys: {', '.join(FIELD_NAMES)}"
+                f"{self._field_name('fields')}: unknown field keys {unknown}; "
+                f"valid keys: {', '.join(FIELD_NAMES)}"
             )
         if self.max_examples < 0:
-            raise ConfigError(f"data.max_examples must be >= 0, got {self.max_examples}")
+            raise ConfigError(
+                f"{self._field_name('max_examples')} must be >= 0, got {self.max_examples}"
+            )
 
     def field(self, name: str) -> str:
         """Return the row key of the canonical field `name`."""
         return self.fields.get(name, name)
 
+    def option_name(self, name: str, flags: Mapping[str, str] | None = None) -> str:
+        """Return the name of field `name` for messages: its flag in `flags`, else section.field."""
+        if flags and name in flags:
+            return flags[name]
+        return self._field_name(name)
 
-def load_sft_examples(config: DataConfig) -> tuple[list[Example], dict[str, int]]:
+
+def load_sft_examples(
+    config: DataConfig, flags: Mapping[str, str] | None = None
+) -> tuple[list[Example], dict[str, int]]:
     """Load SFT examples and the count of skipped rows per reason.
 
+    `flags` maps field names to the command-line flags that set them (DATA_FLAGS),
+    so that error messages name those flags instead of config fields such as data.format.
     Raises DataError when the source has no usable row.
     """
     if not config.path:
         raise ConfigError(
-            "data.path is empty; set it to a JSONL/Parquet file or a hub dataset name"
+            f"{config.option_name('path', flags)} is empty; set it to a JSONL/Parquet file "
+            "or a hub dataset name"
         )
     skips: Counter[str] = Counter()
     examples: list[Example] = []
     seen: set[str] = set()
     fmt = None if config.format == "auto" else config.format
     detect_error: DataError | None = None
-    for location, row in iter_rows(config, skips):
+    for location, row in iter_rows(config, skips, flags):
         if fmt is None and isinstance(row, dict):
             # The first row whose keys name a layout sets the format, so a single
             # odd row at the top of a file is skipped instead of failing the load.
             try:
-                fmt = detect_format(row, config)
+                fmt = detect_format(row, config, flags)
             except DataError as error:
                 detect_error = detect_error or error
                 skips["unknown_format"] += 1
@@ -142,7 +169,8 @@ def load_sft_examples(config: DataConfig) -> tuple[list[Example], dict[str, int]
     if not examples:
         raise DataError(
             f"{config.path}: no usable rows (format {fmt or 'unknown'}); skipped rows by reason: "
-            f"{skip_counts or 'none, the source is empty'}. Check data.format and data.fields."
+            f"{skip_counts or 'none, the source is empty'}. Check "
+            f"{config.option_name('format', flags)} and {config.option_name('fields', flags)}."
         )
     if skip_counts:
         logger.warning(
@@ -169,7 +197,9 @@ def subsample(examples: list[Example], max_examples: int, seed: int) -> list[Exa
 # Reading rows
 
 
-def iter_rows(config: DataConfig, skips: Counter[str]) -> Iterator[tuple[tuple[str, int], Any]]:
+def iter_rows(
+    config: DataConfig, skips: Counter[str], flags: Mapping[str, str] | None = None
+) -> Iterator[tuple[tuple[str, int], Any]]:
     """Yield (location, row) from a local file, a dataset folder or a hub dataset.
 
     The location is ("line", 1-based line number) for JSONL files and ("row_index",
@@ -183,7 +213,7 @@ def iter_rows(config: DataConfig, skips: Counter[str]) -> Iterator[tuple[tuple[s
             "a dataset folder or a hub dataset name"
         )
     if not path.is_file():
-        rows = load_hub_rows(config.replace(path=str(path)) if path.is_dir() else config)
+        rows = load_hub_rows(config.replace(path=str(path)) if path.is_dir() else config, flags)
     elif path.suffix.lower() == ".jsonl":
         for number, row in iter_jsonl_rows(path, skips):
             yield ("line", number), row
@@ -263,7 +293,7 @@ def read_parquet_rows(path: Path) -> list[Row]:
         raise DataError(f"{path}: not a readable Parquet file: {error}") from None
 
 
-def load_hub_rows(config: DataConfig) -> Iterator[Row]:
+def load_hub_rows(config: DataConfig, flags: Mapping[str, str] | None = None) -> Iterator[Row]:
     """Read a split of a dataset folder or hub dataset through `datasets.load_dataset`."""
     import datasets
 
@@ -283,7 +313,8 @@ def load_hub_rows(config: DataConfig) -> Iterator[Row]:
     except ConnectionError:
         raise DataError(
             f"dataset {config.path!r} not found: no such local file or folder, and the hub "
-            "cannot be reached; check data.path, or download the dataset once while online"
+            f"cannot be reached; check {config.option_name('path', flags)}, or download the "
+            "dataset once while online"
         ) from None
     return iter(dataset)
 
@@ -291,11 +322,13 @@ def load_hub_rows(config: DataConfig) -> Iterator[Row]:
 # Parsing rows
 
 
-def detect_format(row: Any, config: DataConfig) -> str:
+def detect_format(row: Any, config: DataConfig, flags: Mapping[str, str] | None = None) -> str:
     """Name the format of a row from its keys; raise DataError naming the keys when unknown."""
+    format_option = config.option_name("format", flags)
     if not isinstance(row, dict):
         raise DataError(
-            f"{config.path}: rows must be JSON objects, got {type(row).__name__}; set data.format"
+            f"{config.path}: rows must be JSON objects, got {type(row).__name__}; "
+            f"set {format_option}"
         )
     if config.field("messages") in row:
         return "messages"
@@ -306,8 +339,9 @@ def detect_format(row: Any, config: DataConfig) -> str:
     if config.field("prompt") in row:
         return "prompt_response"
     raise DataError(
-        f"{config.path}: cannot detect the row format from keys {sorted(row)}; set data.format "
-        f"to one of {list(FORMATS[1:])} and map field names with data.fields"
+        f"{config.path}: cannot detect the row format from keys {sorted(row)}; set "
+        f"{format_option} to one of {list(FORMATS[1:])} and map field names with "
+        f"{config.option_name('fields', flags)}"
     )
 
 
@@ -521,6 +555,10 @@ def add_data_arguments(parser: Any) -> None:
 
 
 def data_config_from_args(args: Any) -> DataConfig:
+    """Build a DataConfig from the options of `add_data_arguments`.
+
+    Invalid values raise ConfigError naming the flag, as DataConfig would name the field.
+    """
     fields = {}
     for item in args.data_field:
         name, sep, key = item.partition("=")
@@ -529,6 +567,13 @@ def data_config_from_args(args: Any) -> DataConfig:
                 f"invalid --data-field {item!r}; write it as NAME=KEY, e.g. prompt=text"
             )
         fields[name] = key
+    unknown = sorted(set(fields) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"--data-field: unknown field names {unknown}; valid names: {', '.join(FIELD_NAMES)}"
+        )
+    if args.max_examples < 0:
+        raise ConfigError(f"--max-examples must be >= 0, got {args.max_examples}")
     return DataConfig.from_dict(
         {
             "path": args.data,

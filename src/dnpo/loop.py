@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from dnpo.config import BUNDLED_TASK, RunConfig
-from dnpo.configbase import ConfigError, apply_overrides, read_yaml
+from dnpo.config import BUNDLED_TASK, LoopConfig, RunConfig
+from dnpo.configbase import ConfigError, apply_overrides, parse_override, read_yaml
 from dnpo.errors import DataError
 from dnpo.io import atomic_write_text, read_json
 from dnpo.models import (
@@ -360,25 +360,55 @@ def load_run_config(path: str | None, overrides: list[str]) -> RunConfig:
     return RunConfig.from_dict(apply_overrides(data, overrides))
 
 
+# Flags of `dnpo run` that are shortcuts for a --set of a loop field.
+SHORTCUTS = (("--method", "method"), ("--iterations", "iterations"), ("--name", "name"))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = LoopConfig()
     parser.add_argument("--config", help="YAML run config (sections: model, data, eval_data, task, "
                         "generation, judge, train, eval, loop)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set train.beta=0.2 (repeatable)")
-    parser.add_argument("--method", help="shortcut for --set loop.method=METHOD: dnpo, spin, spin+dsl, spin+npo")
-    parser.add_argument("--iterations", type=int, help="shortcut for --set loop.iterations=N")
-    parser.add_argument("--name", help="shortcut for --set loop.name=NAME")
+    parser.add_argument("--method", help="shortcut for --set loop.method=METHOD: dnpo, spin, spin+dsl, "
+                        f"spin+npo (default: loop.method of --config, else {defaults.method})")
+    parser.add_argument("--iterations", type=int, metavar="N", help="shortcut for --set loop.iterations=N "
+                        f"(default: loop.iterations of --config, else {defaults.iterations})")
+    parser.add_argument("--name", help="shortcut for --set loop.name=NAME; the run directory is "
+                        f"loop.output_dir/NAME (default: loop.name of --config, else {defaults.name!r})")
     parser.add_argument("--new-run", action="store_true",
                         help="if the run exists, start a new one named NAME-N instead of resuming")
 
 
+def shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """Return the --set overrides that --method, --iterations and --name stand for.
+
+    Raises ConfigError when a shortcut and a --set of the same field give different values.
+    """
+    loop_overrides = apply_overrides({}, args.overrides).get("loop")
+    if not isinstance(loop_overrides, dict):
+        loop_overrides = {}
+    overrides = []
+    for flag, field in SHORTCUTS:
+        value = getattr(args, flag.lstrip("-"))
+        if value is None:
+            continue
+        override = f"loop.{field}={value}"
+        # Parse the flag's value as --set parses its value, so 3 and "3" compare equal.
+        _, parsed = parse_override(override)
+        if field in loop_overrides and loop_overrides[field] != parsed:
+            raise ConfigError(
+                f"{flag} {value} conflicts with --set loop.{field}={loop_overrides[field]}; "
+                f"{flag} is a shortcut for --set loop.{field}, so pass only one of them or the "
+                "same value in both"
+            )
+        overrides.append(override)
+    return overrides
+
+
 def main(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    for flag, key in (("method", "loop.method"), ("iterations", "loop.iterations"), ("name", "loop.name")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    overrides = list(args.overrides) + shortcut_overrides(args)
     config = load_run_config(args.config, overrides)
     run_dir, rows = run(config, new_run=args.new_run)
     print(f"Finished {len(rows)} iterations; summary in {run_dir / 'summary.md'}")
     return 0
-

@@ -111,3 +111,5 @@ def test_generate_reports_bad_data_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no usable rows" in err
     assert "empty_prompt" in err
+    assert "Check --data-format and --data-field." in err
+    assert "data.format" not in err

@@ -422,14 +422,23 @@ CASES = [
     Case(
         "dataset empty file",
         lambda ctx: generate(write_bytes(ctx.tmp / "data.jsonl", b""), ctx),
-        error=("data.jsonl: no usable rows", "the source is empty", "Check data.format"),
+        error=(
+            "data.jsonl: no usable rows",
+            "the source is empty",
+            "Check --data-format and --data-field.",
+        ),
     ),
     Case(
         "dataset every row bad",
         lambda ctx: generate(
             write_jsonl(ctx.tmp / "data.jsonl", [{"prompt": "", "response": "x"}, "{oops"]), ctx
         ),
-        error=("no usable rows", "'empty_prompt': 1", "'invalid_json': 1", "Check data.format"),
+        error=(
+            "no usable rows",
+            "'empty_prompt': 1",
+            "'invalid_json': 1",
+            "Check --data-format and --data-field.",
+        ),
     ),
     Case(
         "dataset file missing",
@@ -449,14 +458,18 @@ CASES = [
     Case(
         "dataset unknown row keys",
         lambda ctx: generate(write_jsonl(ctx.tmp / "data.jsonl", [{"text": "Q"}]), ctx),
-        error=("cannot detect the row format from keys ['text']", "set data.format"),
+        error=(
+            "cannot detect the row format from keys ['text']",
+            "set --data-format to one of",
+            "map field names with --data-field",
+        ),
     ),
     Case(
         "dataset unknown field key",
         lambda ctx: generate(
             write_jsonl(ctx.tmp / "data.jsonl", [GOOD_ROW]), ctx, "--data-field", "question_text=q"
         ),
-        error=("unknown field keys ['question_text']", "valid keys"),
+        error=("--data-field: unknown field names ['question_text']", "valid names"),
     ),
     # ---- pairs and training ----
     Case(

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from dnpo.configbase import add_section_arguments, section_from_args
-from dnpo.data import add_data_arguments, data_config_from_args, load_sft_examples
+from dnpo.data import DATA_FLAGS, add_data_arguments, data_config_from_args, load_sft_examples
 from dnpo.generation.config import GenerationConfig
 from dnpo.outputs import check_output_location, check_output_settings
 
@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     config = section_from_args(GenerationConfig, args)
     # Output mistakes stop here, before the model is loaded.
     check_output_location(args.output)
-    examples, skipped = load_sft_examples(data_config_from_args(args))
+    examples, skipped = load_sft_examples(data_config_from_args(args), DATA_FLAGS)
     settings = generation_settings(config, resolve_model_path(args.model))
     check_output_settings(args.output, settings)
     generator = make_generator(config, args.model, trust_remote_code=args.trust_remote_code)

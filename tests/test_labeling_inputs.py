@@ -162,6 +162,14 @@ def test_generation_without_generated_names_file(tmp_path):
         label_to_files(generations, None, 0, tmp_path / "out")
 
 
+@pytest.mark.parametrize("field", ["reference", "generated"])
+def test_generation_null_text_names_record(tmp_path, field):
+    generations = write_jsonl(tmp_path / "generations.jsonl",
+                              [generation(1), generation(2, **{field: None})])
+    with pytest.raises(DataError, match=f"record 2 has {field} None, not a string"):
+        label_to_files(generations, None, 0, tmp_path / "out")
+
+
 def test_label_cli_bad_judgments_one_line(tmp_path, capsys):
     generations = write_jsonl(tmp_path / "generations.jsonl", [generation(1)])
     judgments = write_jsonl(tmp_path / "judgments.jsonl", [{"score": 3}])

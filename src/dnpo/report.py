@@ -348,8 +348,9 @@ def _logp_section(run_dir: Path, found: list[int], evals: dict[int, dict]) -> st
         body += (
             "\n\nStagnation check: Kolmogorov-Smirnov distance between the two iterations' "
             "generation log-probs under the same model; below the threshold is stagnant. "
-            "It is inconclusive when the 5% noise level is above the threshold, because "
-            "there are too few generations to tell stagnation from sampling noise.\n\n"
+            "It is inconclusive when the 5% noise level is above the threshold and the "
+            "distance is not above that level, because there are too few generations to "
+            "tell stagnation from sampling noise.\n\n"
         )
         body += _table(
             [

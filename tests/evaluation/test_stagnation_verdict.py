@@ -35,15 +35,25 @@ def test_report_shows_inconclusive(tmp_path):
     text = write_report(run).read_text(encoding="utf-8")
     row = next(line for line in text.splitlines() if line.startswith("| M_0 | iter 0 vs 1 |"))
     assert row.rstrip(" |").endswith("inconclusive")
-    assert "It is inconclusive when the 5% noise level is above the threshold" in text
+    assert "It is inconclusive when the 5% noise level is above the threshold and" in text
 
 
-def test_distance_above_noise_level_inconclusive():
+def test_distance_above_noise_level_not_stagnant():
     # 32 vs 32 samples, shifted by 12 of 32: D = 0.375 > noise level 0.3395 > threshold 0.1.
     previous = [float(i) for i in range(32)]
     result = metrics.stagnation(previous, [value + 12 for value in previous], threshold=0.1)
     assert result["distance"] == pytest.approx(0.375)
     assert result["critical_value_5pct"] == pytest.approx(0.3395, abs=1e-4)
+    assert result["verdict"] == "not stagnant"
+    assert result["stagnant"] is False
+
+
+def test_distance_below_noise_level_inconclusive():
+    # 32 vs 32 samples, shifted by 4 of 32: D = 0.125 is above the threshold 0.1 but
+    # below the noise level 0.3395.
+    previous = [float(i) for i in range(32)]
+    result = metrics.stagnation(previous, [value + 4 for value in previous], threshold=0.1)
+    assert result["distance"] == pytest.approx(0.125)
     assert result["verdict"] == "inconclusive"
     assert result["stagnant"] is None
 
@@ -67,6 +77,8 @@ def test_eval_json_report_cli_agree(tmp_path, capsys):
     [
         # Written before the verdict field: `stagnant` was D < threshold alone.
         ({"distance": 0.375, "critical_value_5pct": 0.3395, "threshold": 0.1, "stagnant": False},
+         "not stagnant"),
+        ({"distance": 0.125, "critical_value_5pct": 0.3395, "threshold": 0.1, "stagnant": False},
          "inconclusive"),
         ({"distance": 0.01, "critical_value_5pct": 0.05, "threshold": 0.1, "stagnant": True},
          "stagnant"),

@@ -219,15 +219,16 @@ def stagnation_verdict(result: dict[str, Any]) -> str:
 
     "stagnant" means the distance is below the threshold. When `critical_value_5pct`
     exceeds the threshold, two samples of these sizes from one distribution often
-    differ by more than the threshold, so no distance separates stagnation from
-    sampling noise and the verdict is "inconclusive". eval.json, report.md and
+    differ by more than the threshold. Then a distance above the critical value is
+    still a significant shift larger than the threshold ("not stagnant"), and any
+    smaller distance is "inconclusive". eval.json, report.md and
     `dnpo evaluate` all use this function. It also reads eval.json files written
     before the `verdict` field, and uses their `stagnant` flag when no distance is stored.
     """
     critical, threshold = result.get("critical_value_5pct"), result.get("threshold")
-    if critical is not None and threshold is not None and critical > threshold:
-        return INCONCLUSIVE
     distance = result.get("distance")
+    if critical is not None and threshold is not None and critical > threshold:
+        return NOT_STAGNANT if distance is not None and distance > critical else INCONCLUSIVE
     if distance is not None and threshold is not None:
         stagnant = distance < threshold
     else:

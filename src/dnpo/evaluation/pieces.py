@@ -92,9 +92,10 @@ def stagnation_piece(
     result = metrics.stagnation(previous, next_logps, threshold)
     if result["verdict"] == metrics.INCONCLUSIVE:
         logger.info(
-            "Iteration %d: stagnation check inconclusive (Kolmogorov-Smirnov distance %.3f, "
-            "threshold %.3f below the 5%% noise level %.3f). Use more generations per "
-            "iteration or an eval.stagnation_threshold above %.3f for a conclusive check",
+            "Iteration %d: stagnation check inconclusive (Kolmogorov-Smirnov distance %.3f "
+            "and threshold %.3f, both at or below the 5%% noise level %.3f). Use more "
+            "generations per iteration or an eval.stagnation_threshold above %.3f for a "
+            "conclusive check",
             iteration,
             result["distance"],
             threshold,

@@ -62,7 +62,7 @@ def read_generations(path: str | Path) -> list[dict[str, Any]]:
     """Read a generations.jsonl file for judging or labeling.
 
     Raises FileNotFoundError for a missing file, and DataError for a file without
-    records or with a record that lacks the needed keys.
+    records or with a record that lacks the needed keys or has a non-string text field.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"generations file {path} not found; run `dnpo generate` first")
@@ -72,6 +72,13 @@ def read_generations(path: str | Path) -> list[dict[str, Any]]:
             f"generations file {path} has no records; pass the output of `dnpo generate`"
         )
     require_fields(rows, GENERATION_FIELDS, path, "generations file")
+    for number, row in enumerate(rows, start=1):
+        for field in ("reference", "generated"):
+            if not isinstance(row[field], str):
+                raise DataError(
+                    f"generations file {path}: record {number} has {field} {row[field]!r:.40}, "
+                    "not a string; pass a file written by `dnpo generate`"
+                )
     return rows
 
 

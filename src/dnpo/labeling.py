@@ -350,11 +350,13 @@ def label_to_files(
     warn_empty_answers(stats, generations_path)
     if judgments_path is not None:
         warn_judge_problems(stats, generations_path, Path(judgments_path))
+    win_rate = stats["generated_win_rate"]
     logger.info(
-        "Wrote %s to %s (generated win rate %s)",
+        "Wrote %s to %s (%s)",
         format_count(len(pairs), "pair"),
         output_dir / "pairs.jsonl",
-        stats["generated_win_rate"],
+        "no judge, so no generated win rate" if win_rate is None
+        else f"generated win rate {win_rate:.3f}",
     )
     return stats
 

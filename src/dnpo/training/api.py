@@ -371,7 +371,8 @@ def finish_run(
     atomic_write_text(output_dir / LOGPS_FILE, "".join(line + "\n" for line in lines))
     atomic_write_json(output_dir / RESULT_FILE, result.summary())
     remove_resume_files(output_dir)
+    margin = "n/a" if result.mean_margin is None else f"{result.mean_margin:.3f}"
     logger.info(
         "Training finished: %d steps in %.1f s, mean margin %s, model in %s",
-        result.steps, result.wall_seconds, result.mean_margin, output_dir,
+        result.steps, result.wall_seconds, margin, output_dir,
     )

@@ -170,8 +170,7 @@ class NPOTrainer(Trainer):
             logger.warning(
                 "Training runs only %d optimizer step (%d pairs, batch size %d x %d gradient "
                 "accumulation steps x %d processes, %s epochs); warmup cut from %d to %d "
-                "steps. Raise num_epochs or max_steps, or lower per_device_batch_size, "
-                "for more steps.",
+                "steps. %s for more steps.",
                 num_training_steps,
                 len(self.train_dataset) if self.train_dataset is not None else 0,
                 self.args.per_device_train_batch_size,
@@ -180,6 +179,8 @@ class NPOTrainer(Trainer):
                 self.train_config.num_epochs,
                 requested,
                 warmup_steps,
+                "Raise max_steps" if self.args.max_steps > 0
+                else "Raise num_epochs, or lower per_device_batch_size,",
             )
         elif warmup_steps < requested:
             logger.warning(

@@ -107,6 +107,9 @@ def test_empty_reference_gives_no_pair(reference):
         assert [p["id"] for p in pairs] == ["ok"]
         assert stats["skipped"] == {"empty_reference": 1}
         assert stats["pairs"] == 1
+    # The skipped prompt's judgment (reference 0, generated 90) counts in no rate.
+    assert stats["judged"] == 1
+    assert stats["mean_generated_score"] == 2
 
 
 @pytest.mark.parametrize("generated", ["", "   "])

@@ -71,6 +71,10 @@ def build_pairs(
     pairs = []
     first_invalid = None
     for row in generations:
+        # A prompt without a reference gives no pair, so its judgment counts in no rate.
+        if not row["reference"].strip():
+            counts["skipped/empty_reference"] += 1
+            continue
         judgment = (judgments or {}).get(row["id"])
         reference_score, generated_score = scores_of(judgment)
         count_outcome(counts, reference_score, generated_score)
@@ -78,9 +82,6 @@ def build_pairs(
         counts["generated_truncated"] += truncated
         generated_empty = not row["generated"].strip()
         counts["empty_generated"] += generated_empty
-        if not row["reference"].strip():
-            counts["skipped/empty_reference"] += 1
-            continue
         if row["generated"].strip() == row["reference"].strip():
             counts["skipped/identical_to_reference"] += 1
             continue

@@ -72,6 +72,13 @@ def test_eval_json_report_cli_agree(tmp_path, capsys):
     assert row.rstrip(" |").endswith("inconclusive")
 
 
+def test_evaluate_says_report_is_stale(tmp_path, capsys):
+    run = write_synthetic_run(tmp_path / "run", iterations=2, prompts=10)
+    write_report(run)
+    assert dnpo_main(["evaluate", str(run), "--iteration", "1", "--no-model"]) == 0
+    assert f"run `dnpo report {run}` to refresh it" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("stored", "expected"),
     [

@@ -210,6 +210,9 @@ def main(args: argparse.Namespace) -> int:
     for iteration in found:
         result = evaluate_run_iteration(run_dir, iteration, config, use_model=not args.no_model)
         print(f"iteration {iteration}: {_summary_line(result)}")
+    if (run_dir / "report.md").is_file():
+        print(f"eval.json updated; report.md is not rewritten: run `dnpo report {run_dir}` "
+              "to refresh it")
     return 0
 
 

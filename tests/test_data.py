@@ -328,6 +328,20 @@ def test_data_args_unknown_field_names_flag():
         data_config_from_args(data_args(data_field=["text=body"]))
 
 
+def test_data_args_repeated_field_rejected():
+    from dnpo.data import data_config_from_args
+
+    with pytest.raises(ConfigError, match="--data-field question is given twice"):
+        data_config_from_args(data_args(data_field=["question=q", "question=a"]))
+
+
+def test_data_args_repeated_same_field_accepted():
+    from dnpo.data import data_config_from_args
+
+    config = data_config_from_args(data_args(data_field=["question=q", "question=q"]))
+    assert config.fields == {"question": "q"}
+
+
 def test_data_args_negative_max_examples_names_flag():
     from dnpo.data import data_config_from_args
 

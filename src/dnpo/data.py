@@ -566,6 +566,11 @@ def data_config_from_args(args: Any) -> DataConfig:
             raise ConfigError(
                 f"invalid --data-field {item!r}; write it as NAME=KEY, e.g. prompt=text"
             )
+        if name in fields and fields[name] != key:
+            raise ConfigError(
+                f"--data-field {name} is given twice ({name}={fields[name]} and {item}); "
+                "pass each field once"
+            )
         fields[name] = key
     unknown = sorted(set(fields) - set(FIELD_NAMES))
     if unknown:

@@ -4,8 +4,8 @@ By default the compared answers are each trained model's greedy answers to the
 held-out prompts (`eval_generations.jsonl`): iteration K compares M_{K+1}, the model
 that iteration K trained, so the last iteration of two finished runs compares their
 final models. `--source generations` compares the sampled answers to the training
-prompts instead
-(`generations.jsonl`, written by iteration K's start model M_K). For two runs that
+prompts instead (`generations.jsonl`, written by iteration K's start model M_K). For
+two runs that
 differ only in the method, those come from the same models at iterations 0 and 1,
 because M_0 is the configured model and iteration 0 trains plain SPIN in every method.
 

@@ -5,9 +5,9 @@ held-out prompts (`eval_generations.jsonl`): iteration K compares M_{K+1}, the m
 that iteration K trained, so the last iteration of two finished runs compares their
 final models. `--source generations` compares the sampled answers to the training
 prompts instead (`generations.jsonl`, written by iteration K's start model M_K). For
-two runs that
-differ only in the method, those come from the same models at iterations 0 and 1,
-because M_0 is the configured model and iteration 0 trains plain SPIN in every method.
+two runs that differ only in the method, those come from the same models at iterations
+0 and 1, because M_0 is the configured model and iteration 0 trains plain SPIN in every
+method.
 
 Design: each answer is scored on its own by the pointwise judge (the run's judge,
 or an override), and A wins a prompt when its score is higher. This is how the
